@@ -1,0 +1,3 @@
+from ettcli.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""The ``ett`` command line. Thin: options become values, the core does the work, results are rendered.
+
+Nothing imported here at module level pulls in torch, so ``ett --help``, ``inspect`` and the transforms
+start fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from ettcli import __version__
+from ettcli.commands import tickets
+
+app = typer.Typer(
+    name="ett",
+    help="Elastic lottery tickets: inspect, stretch, squeeze, train and find sparse subnetworks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ett {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Elastic lottery tickets: inspect, stretch, squeeze, train and find sparse subnetworks."""
+
+
+tickets.register(app)
+
+for _name in ("transform", "train"):
+    try:
+        _mod = __import__(f"ettcli.commands.{_name}", fromlist=["register"])
+    except ModuleNotFoundError as _exc:  # a command group not present in this build
+        if _exc.name != f"ettcli.commands.{_name}":
+            raise
+    else:
+        _mod.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,209 @@
+"""Torch models of the three families, built from an :class:`~ettcli.arch.ArchSpec`.
+
+Their ``state_dict()`` names and shapes are exactly the spec's (open_lth's CIFAR ResNet and VGG,
+torchvision's ResNet layout), so a ticket that passed inference loads with ``strict=True``.
+Initialisation follows open_lth: Kaiming normal (fan-in) on every conv and linear weight, BatchNorm
+gamma ~ U(0, 1) and beta = 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ettcli.arch import ArchSpec
+from ettcli.errors import EttError
+
+
+class CifarBlock(nn.Module):
+    """open_lth's basic block: two 3x3 convs, a 1x1 stride-2 projection on downsampling blocks."""
+
+    def __init__(self, f_in: int, f_out: int, downsample: bool):
+        super().__init__()
+        stride = 2 if downsample else 1
+        self.conv1 = nn.Conv2d(f_in, f_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(f_out)
+        self.conv2 = nn.Conv2d(f_out, f_out, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(f_out)
+        if downsample or f_in != f_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(f_in, f_out, 1, stride=stride, bias=False), nn.BatchNorm2d(f_out))
+        else:
+            self.shortcut = nn.Sequential()
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        w = spec.width
+        self.conv = nn.Conv2d(3, w, 3, stride=1, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(w)
+        blocks, cur = [], w
+        for s, n in enumerate(spec.stages):
+            for u in range(n):
+                f = spec.stage_channels(s)
+                blocks.append(CifarBlock(cur, f, downsample=spec.has_shortcut(s, u)))
+                cur = f
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cur, spec.num_classes)
+
+    def forward(self, x):
+        out = F.relu(self.bn(self.conv(x)))
+        out = self.blocks(out)
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+class VggLayer(nn.Module):
+    def __init__(self, f_in: int, f_out: int):
+        super().__init__()
+        self.conv = nn.Conv2d(f_in, f_out, 3, padding=1)
+        self.bn = nn.BatchNorm2d(f_out)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+class CifarVGG(nn.Module):
+    """open_lth's CIFAR VGG: conv+BN+ReLU layers, a max-pool between stages (no keys), one linear head."""
+
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        layers, cur = [], 3
+        for s, n in enumerate(spec.stages):
+            if s:
+                layers.append(nn.MaxPool2d(2, 2))
+            for _ in range(n):
+                layers.append(VggLayer(cur, spec.stage_channels(s)))
+                cur = spec.stage_channels(s)
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cur, spec.num_classes)
+
+    def forward(self, x):
+        out = self.layers(x)
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock layout (``downsample.0/1``)."""
+
+    def __init__(self, cin: int, planes: int, stride: int, downsample: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+            if downsample
+            else None
+        )
+
+    def forward(self, x):
+        idt = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + idt)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck layout (stride on the 3x3 conv, expansion 4)."""
+
+    def __init__(self, cin: int, mid: int, cout: int, stride: int, downsample: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+            if downsample
+            else None
+        )
+
+    def forward(self, x):
+        idt = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + idt)
+
+
+class ImageNetResNet(nn.Module):
+    """torchvision's ResNet layout (conv1, bn1, layer1..N, fc) at any stage list and width."""
+
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, spec.width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(spec.width)
+        cur = spec.width
+        for s, n in enumerate(spec.stages):
+            blocks = []
+            for u in range(n):
+                stride = 2 if (s > 0 and u == 0) else 1
+                cout = spec.stage_channels(s)
+                ds = spec.has_shortcut(s, u)
+                if spec.block == "bottleneck":
+                    blocks.append(Bottleneck(cur, spec.width * 2**s, cout, stride, ds))
+                else:
+                    blocks.append(BasicBlock(cur, cout, stride, ds))
+                cur = cout
+            self.add_module(f"layer{s + 1}", nn.Sequential(*blocks))
+        self.num_stages = len(spec.stages)
+        self.fc = nn.Linear(cur, spec.num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(x, 3, stride=2, padding=1)
+        for s in range(self.num_stages):
+            x = getattr(self, f"layer{s + 1}")(x)
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)
+
+
+class Prefixed(nn.Module):
+    """Holds a model under ``model.`` (open_lth wraps torchvision models this way)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def open_lth_init(model: nn.Module) -> None:
+    """Kaiming normal (fan-in) on conv and linear weights; BatchNorm gamma ~ U(0, 1), beta = 0."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.0, 1.0)
+            nn.init.zeros_(m.bias)
+
+
+_BUILDERS = {"cifar_resnet": CifarResNet, "cifar_vgg": CifarVGG, "imagenet_resnet": ImageNetResNet}
+
+
+def build_model(spec: ArchSpec, seed: int | None = 0, init: bool = True) -> nn.Module:
+    """A model of ``spec`` with open_lth's initialisation (seeded), keys exactly ``spec.tensors``."""
+    if spec.family not in _BUILDERS:
+        raise EttError(f"no model can be built for family '{spec.family}'")
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = _BUILDERS[spec.family](spec)
+    if init:
+        open_lth_init(model)
+    if spec.prefix:
+        if spec.prefix != "model.":
+            raise EttError(f"no model can be built with key prefix '{spec.prefix}'")
+        model = Prefixed(model)
+    return model
