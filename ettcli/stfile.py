@@ -175,6 +175,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp makes 0600 files; give the result the mode a plain open() would (or the replaced file's)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

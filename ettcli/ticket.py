@@ -25,6 +25,7 @@ from ettcli import __version__
 from ettcli.arch import ArchSpec, infer_arch
 from ettcli.errors import EttError
 from ettcli.mask import Mask
+from ettcli.steps import Step
 from ettcli.stfile import Source, read_array, read_header, sha256_file, write_file
 
 FORMAT_VERSION = "1"
@@ -263,7 +264,7 @@ def _read_open_lth(folder: Path) -> Ticket:
             raise EttError(f"{mask_file}: mask for '{name}' has no tensor in {model_file.name}")
         stripped[name + "_mask"] = m
     meta = {
-        "ett.rewind_step": f"{ep}ep{it}it",
+        "ett.rewind_step": str(Step(ep, it)),
         "ett.source": str(folder),
         "ett.source_sha256": sha256_file(model_file),
     }

@@ -1,0 +1,80 @@
+"""How fast `ett inspect` reads a ~100 MB ImageNet ticket, against bare reads measured in the same run.
+
+    .venv/bin/python bench/inspect_speed.py [--repeats 5]
+
+References, each in a fresh interpreter like the CLI:
+  * python -c pass                          (interpreter start-up)
+  * safetensors.numpy.load_file(path)       (the library reading every tensor)
+Prints wall-time medians, peak RSS, and ett's ratio to the library read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_ticket(path: Path) -> int:
+    from ettcli.arch import parse_arch
+    from ettcli.commands.tickets import init_ticket
+    from ettcli.mask import Mask
+
+    ticket = init_ticket(parse_arch("imagenet_resnet_34", num_classes=1000), seed=0)
+    rng = np.random.default_rng(0)
+    ticket.masks = {n: Mask(rng.random(ticket.tensors[n].shape) >= 0.7379) for n in ticket.prunable()}
+    ticket.save(path)
+    return path.stat().st_size
+
+
+def run(cmd: list[str], repeats: int) -> tuple[float, float]:
+    """Median wall seconds and peak RSS (MiB) of one child process, measured with wait4."""
+    times, peak = [], 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        times.append(time.perf_counter() - t0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise SystemExit(f"{cmd} failed with {proc.returncode}")
+        peak = max(peak, usage.ru_maxrss / 1024)
+    return statistics.median(times), peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--make", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.make:  # in a child, so that this process stays small (a forked child inherits its peak RSS)
+        make_ticket(Path(args.make))
+        return
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "imagenet_resnet_34.safetensors"
+        subprocess.run([py, __file__, "--make", str(path)], check=True)
+        size = path.stat().st_size
+        rows = [
+            ("python -c pass", [py, "-c", "pass"]),
+            ("safetensors.numpy.load_file", [py, "-c", f"from safetensors.numpy import load_file; load_file({str(path)!r})"]),
+            ("ett inspect --json", [py, "-m", "ettcli", "inspect", str(path), "--json"]),
+            ("ett inspect (table)", [py, "-m", "ettcli", "inspect", str(path)]),
+        ]
+        results = {name: run(cmd, args.repeats) for name, cmd in rows}
+    ref = results["safetensors.numpy.load_file"][0]
+    print(f"ticket: imagenet_resnet_34, 1000 classes, 73.79% sparse, {size / 2**20:.1f} MiB; median of {args.repeats}")
+    print(f"{'command':32} {'wall s':>8} {'ratio':>6} {'peak MiB':>9}")
+    for name, (wall, peak) in results.items():
+        print(f"{name:32} {wall:8.3f} {wall / ref:6.2f} {peak:9.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Training recipes: open_lth's defaults per family (DESIGN.md section 6), each overridable.
+
+A :class:`Recipe` is a frozen dataclass in epochs and steps; the learning-rate schedule it describes is a
+pure function of the iteration (:meth:`Recipe.lr_at`), so starting at a rewind step or resuming from a
+checkpoint needs no scheduler state: the schedule is simply evaluated at that iteration.
+
+``--epochs N`` shortens (or lengthens) the whole schedule and keeps its shape: milestones and warmup move
+to the same fractions of the new length, e.g. CIFAR's x0.1 at 80 and 120 of 160 epochs becomes x0.1 at 2
+and 3 of 4 epochs.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, replace
+from fractions import Fraction
+
+from ettcli.errors import EttError
+from ettcli.steps import Step, parse_step
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One training recipe. Steps are ``Step`` values (``80ep``, ``1000it``, ``2ep218it``)."""
+
+    dataset: str  # default dataset of the family
+    epochs: int  # training length, epochs
+    batch_size: int  # images per optimizer step, over all processes
+    lr: float  # peak learning rate
+    momentum: float  # SGD momentum
+    weight_decay: float  # L2 penalty on every parameter (open_lth: BatchNorm included)
+    milestones: tuple[Step, ...]  # the lr is multiplied by gamma at each of these steps
+    gamma: float  # lr factor at each milestone
+    warmup: Step = Step()  # linear warmup from 0 over this many steps
+
+    def scaled(self, epochs: int) -> Recipe:
+        """The same schedule shape over ``epochs`` epochs (milestones and warmup at the same fractions)."""
+        if epochs <= 0:
+            raise EttError(f"--epochs {epochs}: training needs at least 1 epoch")
+        if epochs == self.epochs:
+            return self
+        f = Fraction(epochs, self.epochs)
+        return replace(
+            self,
+            epochs=epochs,
+            milestones=tuple(_scale(m, f) for m in self.milestones),
+            warmup=_scale(self.warmup, f),
+        )
+
+    def total_iterations(self, per_epoch: int) -> int:
+        return self.epochs * per_epoch
+
+    def lr_at(self, it: int, per_epoch: int) -> float:
+        """The learning rate of iteration ``it`` (0-based), as open_lth computes it."""
+        factor = 1.0
+        milestones = sorted(m.iterations(per_epoch) for m in self.milestones)
+        if milestones:
+            factor *= self.gamma ** bisect.bisect(milestones, it)
+        warm = self.warmup.iterations(per_epoch)
+        if warm:
+            factor *= min(1.0, it / warm)
+        return self.lr * factor
+
+    def as_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "milestones": [str(m) for m in self.milestones],
+            "gamma": self.gamma,
+            "warmup": str(self.warmup),
+        }
+
+
+def _scale(step: Step, f: Fraction) -> Step:
+    """A step at fraction ``f`` of itself: whole epochs stay whole where they can, the rest become iterations."""
+    if step.it == 0:
+        ep = step.ep * f
+        if ep.denominator == 1:
+            return Step(int(ep), 0)
+    # keep the fraction in epochs; resolved into iterations once the epoch length is known
+    return _FractionalStep(step, f)
+
+
+@dataclass(frozen=True)
+class _FractionalStep(Step):
+    """A step that is a fraction of another, resolved once the iterations per epoch are known."""
+
+    base: Step = Step()
+    fraction: Fraction = Fraction(1)
+
+    def __init__(self, base: Step, fraction: Fraction):
+        object.__setattr__(self, "ep", 0)
+        object.__setattr__(self, "it", 0)
+        object.__setattr__(self, "base", base)
+        object.__setattr__(self, "fraction", fraction)
+
+    def iterations(self, per_epoch: int) -> int:
+        return round(self.base.iterations(per_epoch) * self.fraction)
+
+    def __str__(self) -> str:
+        ep = self.base.ep * self.fraction
+        if self.base.it == 0:
+            return f"{float(ep):g}ep"
+        return f"{self.fraction}*{self.base}"
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register(family: str, recipe: Recipe) -> Recipe:
+    if family in RECIPES:
+        raise ValueError(f"recipe for {family} registered twice")
+    RECIPES[family] = recipe
+    return recipe
+
+
+_CIFAR = Recipe("cifar10", 160, 128, 0.1, 0.9, 1e-4, (Step(80), Step(120)), 0.1)
+register("cifar_resnet", _CIFAR)
+register("cifar_vgg", _CIFAR)
+register("imagenet_resnet", Recipe("imagenet", 90, 1024, 0.4, 0.9, 1e-4, (Step(30), Step(60), Step(80)), 0.1, Step(5)))
+
+
+def recipe_for(family: str) -> Recipe:
+    if family not in RECIPES:
+        raise EttError(f"no training recipe for family '{family}'; known: {', '.join(RECIPES)}")
+    return RECIPES[family]
+
+
+def parse_steps(text: str) -> tuple[Step, ...]:
+    """A comma-separated list of steps; a bare number means epochs here (``80,120`` = ``80ep,120ep``)."""
+    out = []
+    for tok in text.split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        out.append(Step(int(tok), 0) if tok.isdigit() else parse_step(tok))
+    return tuple(out)
+
+
+def parse_warmup(text: str) -> Step:
+    text = text.strip()
+    return Step(int(text), 0) if text.isdigit() else parse_step(text)
+
+
+def customise(
+    recipe: Recipe,
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    milestones: str | None = None,
+    weight_decay: float | None = None,
+    warmup: str | None = None,
+) -> Recipe:
+    """Apply command-line overrides; ``epochs`` first, so explicit milestones and warmup are taken as given."""
+    if epochs is not None:
+        recipe = recipe.scaled(epochs)
+    if batch_size is not None:
+        if batch_size <= 0:
+            raise EttError(f"--batch-size {batch_size}: must be at least 1")
+        recipe = replace(recipe, batch_size=batch_size)
+    if lr is not None:
+        if lr <= 0:
+            raise EttError(f"--lr {lr}: must be positive")
+        recipe = replace(recipe, lr=lr)
+    if milestones is not None:
+        recipe = replace(recipe, milestones=parse_steps(milestones))
+    if weight_decay is not None:
+        if weight_decay < 0:
+            raise EttError(f"--weight-decay {weight_decay}: must be 0 or more")
+        recipe = replace(recipe, weight_decay=weight_decay)
+    if warmup is not None:
+        recipe = replace(recipe, warmup=parse_warmup(warmup))
+    return recipe

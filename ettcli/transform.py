@@ -1,0 +1,191 @@
+"""Elastic ticket transforms: apply a :class:`~ettcli.plan.Plan` to a ticket (numpy only, never torch).
+
+A transform is, at bottom, copying byte ranges under new names: the target ticket's tensors are the
+source's :class:`~ettcli.stfile.Source` values (byte ranges of the source file, or in-memory arrays),
+listed under the target's names, one entry per copy; masks are small and already in memory. Nothing is read
+until the ticket is saved, and saving streams every range from the source into a temporary file beside the
+output before renaming it, so the output may be the input file itself.
+
+Library use::
+
+    import ettcli
+    t = ettcli.stretch("r20.safetensors", "resnet-56")             # order="interpolate" by default
+    t.save("r56.safetensors")
+    s = ettcli.squeeze(t, "resnet-20", drop="interleave")          # the exact inverse
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ettcli.arch import ArchSpec
+from ettcli.errors import EttError
+from ettcli.mask import Mask
+from ettcli.plan import Plan, make_plan
+from ettcli.ticket import Ticket, read_ticket
+
+CARRIED_METADATA = ("ett.rewind_step", "ett.dataset")
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Global and per-stage sparsity of a ticket (fractions of prunable weights whose mask is 0)."""
+
+    arch: str
+    sparsity: float
+    stages: tuple[float, ...]
+    total: int
+    kept: int
+
+
+def _as_ticket(ticket_or_path) -> Ticket:
+    if isinstance(ticket_or_path, Ticket):
+        return ticket_or_path
+    return read_ticket(ticket_or_path)
+
+
+def source_report(ticket: Ticket) -> SparsityReport:
+    total, kept = ticket.counts()
+    return SparsityReport(ticket.arch.name, ticket.sparsity(), tuple(ticket.stage_sparsity()), total, kept)
+
+
+def predict_sparsity(ticket: Ticket, plan: Plan) -> SparsityReport:
+    """The target's sparsity under ``plan``, counted from the source masks without building the ticket."""
+    _check_plan_source(ticket, plan)
+    sources = plan.tensor_sources()
+    n_stages = len(plan.target.stages)
+    total = [0] * (n_stages + 1)  # per stage, then stem and head together
+    kept = [0] * (n_stages + 1)
+    for name, t in plan.target.tensors.items():
+        if not t.prunable:
+            continue
+        src = sources[name][0]
+        numel = int(np.prod(t.shape, dtype=np.int64))
+        k = ticket.masks[src].kept if src in ticket.masks else numel
+        slot = t.stage if t.stage is not None else n_stages
+        total[slot] += numel
+        kept[slot] += k
+    stages = tuple(1.0 - k / n if n else 0.0 for k, n in zip(kept[:n_stages], total[:n_stages]))
+    all_total, all_kept = sum(total), sum(kept)
+    return SparsityReport(
+        plan.target.name, 1.0 - all_kept / all_total if all_total else 0.0, stages, all_total, all_kept
+    )
+
+
+def _check_plan_source(ticket: Ticket, plan: Plan) -> None:
+    if ticket.arch != plan.source:
+        raise EttError(f"the plan is for {plan.source.name} but the ticket is {ticket.arch.name}")
+
+
+def apply_plan(ticket: Ticket, plan: Plan, random_copies: int | None = None, verb: str | None = None) -> Ticket:
+    """The target ticket of ``plan``: every tensor of a unit copied for each of its copies, masks included.
+
+    Stem, classifier and unit 0 of every stage are copied as they are. With ``random_copies`` (a seed),
+    the second and later copies of a unit get each mask shuffled within its tensor (the paper's control:
+    same per-tensor density, random positions; the weights are still copied). Copies share their source's
+    storage in memory; the saved file holds one independent copy per position.
+    """
+    _check_plan_source(ticket, plan)
+    rng = np.random.default_rng(random_copies) if random_copies is not None else None
+    tensors = {}
+    masks: dict[str, Mask] = {}
+    for name, (src, copy) in plan.tensor_sources().items():
+        tensors[name] = ticket.tensors[src]
+        if src in ticket.masks:
+            mask = ticket.masks[src]
+            if rng is not None and copy > 0:
+                mask = mask.shuffled(rng)
+            masks[name] = mask
+    meta = {k: ticket.metadata[k] for k in CARRIED_METADATA if k in ticket.metadata}
+    meta["ett.plan"] = plan.mapping
+    meta["ett.transform"] = verb or ("squeeze" if sum(plan.target.stages) < sum(plan.source.stages) else "stretch")
+    if plan.preset:
+        meta["ett.preset"] = plan.preset
+    if random_copies is not None:
+        meta["ett.random_copies"] = str(random_copies)
+    meta["ett.source_arch"] = ticket.arch.name
+    if ticket.path is not None:
+        meta["ett.source"] = str(ticket.path)
+        if ticket.path.is_file():
+            from ettcli.stfile import sha256_file
+
+            meta["ett.source_sha256"] = sha256_file(ticket.path)
+    return Ticket(tensors, masks, meta, plan.target, None)
+
+
+def transform(
+    ticket_or_path,
+    to: str | ArchSpec | None = None,
+    *,
+    verb: str | None = None,
+    order: str | None = None,
+    drop: str | None = None,
+    mapping: str | None = None,
+    stages: str | tuple | None = None,
+    random_copies: int | None = None,
+) -> Ticket:
+    """Plan and apply a transform in either direction (see :func:`ettcli.plan.make_plan`)."""
+    ticket = _as_ticket(ticket_or_path)
+    plan = make_plan(ticket.arch, to, verb=verb, order=order, drop=drop, mapping=mapping, stages=stages)
+    return apply_plan(ticket, plan, random_copies, verb)
+
+
+def stretch(
+    ticket_or_path,
+    to: str | ArchSpec | None = None,
+    *,
+    order: str | None = "interpolate",
+    mapping: str | None = None,
+    stages: str | tuple | None = None,
+    random_copies: int | None = None,
+) -> Ticket:
+    """A deeper ticket of the same family: replicate units (``order`` "interpolate" or "append").
+
+    ``to`` is a canonical name (``cifar_resnet_56``) or a short name in the source's family (``resnet-56``);
+    ``stages`` gives stage lengths instead (``"5,5,5"``); ``mapping`` gives the plan in the grammar (then
+    ``order`` is ignored). Returns a :class:`~ettcli.ticket.Ticket`; call ``.save(path)`` to write it.
+    """
+    return transform(
+        ticket_or_path,
+        to,
+        verb="stretch",
+        order=None if mapping is not None else order,
+        mapping=mapping,
+        stages=stages,
+        random_copies=random_copies,
+    )
+
+
+def squeeze(
+    ticket_or_path,
+    to: str | ArchSpec | None = None,
+    *,
+    drop: str | None = "interleave",
+    mapping: str | None = None,
+    stages: str | tuple | None = None,
+    random_copies: int | None = None,
+) -> Ticket:
+    """A shallower ticket of the same family: drop units (``drop`` "interleave", "tail" or "head").
+
+    Arguments as in :func:`stretch`. ``interleave`` undoes ``interpolate`` exactly and ``tail`` undoes
+    ``append`` (its first copies of every unit come first).
+    """
+    return transform(
+        ticket_or_path,
+        to,
+        verb="squeeze",
+        drop=None if mapping is not None else drop,
+        mapping=mapping,
+        stages=stages,
+        random_copies=random_copies,
+    )
+
+
+def default_output(source: str | Path, target: ArchSpec) -> Path:
+    """``r20.safetensors`` -> ``r20_to_cifar_resnet_56.safetensors`` beside the source."""
+    source = Path(source)
+    stem = source.name if source.is_dir() else source.stem
+    return source.parent / f"{stem}_to_{target.name}.safetensors"

@@ -1,0 +1,190 @@
+"""Every ticket reader, the ett writer, masks, and `ett convert`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_user_error, make_ticket
+
+from ettcli.errors import EttError
+from ettcli.mask import Mask
+from ettcli.stfile import Source
+from ettcli.ticket import Ticket, read_ticket
+
+
+def _same(a: Ticket, b: Ticket) -> None:
+    assert a.arch == b.arch
+    assert list(a.tensors) == list(b.tensors)
+    for name in a.tensors:
+        np.testing.assert_array_equal(a.array(name), b.array(name))
+    assert set(a.masks) == set(b.masks)
+    for name in a.masks:
+        assert a.masks[name] == b.masks[name]
+
+
+def test_ett_ticket_round_trip(tmp_path):
+    t = make_ticket("cifar_resnet_8_4", 0.6)
+    t.metadata["ett.dataset"] = "cifar10"
+    t.save(tmp_path / "t.safetensors")
+    back = read_ticket(tmp_path / "t.safetensors")
+    _same(t, back)
+    assert back.metadata["ett.arch"] == "cifar_resnet_8_4" and back.metadata["ett.format"] == "1"
+    assert back.metadata["ett.dataset"] == "cifar10"
+    assert abs(back.sparsity() - 0.6) < 1e-4
+    # masks are stored as bool X_mask beside X
+    from safetensors.numpy import load_file
+
+    raw = load_file(tmp_path / "t.safetensors")
+    assert raw["blocks.1.conv2.weight_mask"].dtype == np.bool_
+    assert "bn.weight_mask" not in raw
+
+
+def test_plain_state_dict_safetensors_without_metadata(tmp_path):
+    from safetensors.torch import save_file
+
+    from ettcli.arch import parse_arch
+    from ettcli.models import build_model
+
+    model = build_model(parse_arch("cifar_vgg_11_8"), seed=3)
+    save_file(model.state_dict(), tmp_path / "plain.safetensors")
+    t = read_ticket(tmp_path / "plain.safetensors")
+    assert t.arch.name == "cifar_vgg_11_8" and t.sparsity() == 0.0 and not t.masks
+    np.testing.assert_array_equal(t.array("layers.4.conv.weight"), model.state_dict()["layers.4.conv.weight"].numpy())
+
+
+@pytest.mark.parametrize("prefix", ["", "module.", "_orig_mod.", "module._orig_mod."])
+def test_pth_state_dict_with_wrapper_prefixes(tmp_path, prefix):
+    from ettcli.arch import parse_arch
+    from ettcli.models import build_model
+
+    sd = build_model(parse_arch("cifar_resnet_8_4"), seed=1).state_dict()
+    path = tmp_path / "model.pth"
+    torch.save({prefix + k: v for k, v in sd.items()}, path)
+    t = read_ticket(path)
+    assert t.arch.name == "cifar_resnet_8_4"
+    np.testing.assert_array_equal(t.array("fc.weight"), sd["fc.weight"].numpy())
+
+
+def test_pth_refuses_pickled_objects(tmp_path, cli):
+    import argparse
+
+    path = tmp_path / "evil.pth"
+    torch.save({"x": argparse.Namespace(cmd="anything")}, path)  # an arbitrary object, not a tensor
+    with pytest.raises(EttError, match="weights_only=True"):
+        read_ticket(path)
+    assert_user_error(cli("inspect", path), "evil.pth", "weights_only")
+
+
+def test_torch_prune_state_dict(tmp_path):
+    import torch.nn.utils.prune as prune
+
+    from ettcli.arch import parse_arch
+    from ettcli.models import build_model
+
+    model = build_model(parse_arch("cifar_resnet_8_4"), seed=2)
+    prune.l1_unstructured(model.blocks[1].conv1, "weight", amount=0.5)
+    prune.random_unstructured(model.fc, "weight", amount=0.3)
+    sd = model.state_dict()
+    assert "blocks.1.conv1.weight_orig" in sd and "blocks.1.conv1.weight" not in sd
+    for path in (tmp_path / "pruned.pt", tmp_path / "pruned.safetensors"):
+        if path.suffix == ".pt":
+            torch.save(sd, path)
+        else:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in sd.items()}, path)
+        t = read_ticket(path)
+        assert set(t.masks) == {"blocks.1.conv1.weight", "fc.weight"}
+        np.testing.assert_array_equal(t.array("blocks.1.conv1.weight"), sd["blocks.1.conv1.weight_orig"].numpy())
+        assert t.masks["blocks.1.conv1.weight"].kept == sd["blocks.1.conv1.weight_mask"].sum().item()
+        assert abs(t.masks["blocks.1.conv1.weight"].sparsity - 0.5) < 1e-6
+
+
+def _open_lth_folder(tmp_path, with_rewind: bool = True):
+    from ettcli.arch import parse_arch
+    from ettcli.models import build_model
+
+    spec = parse_arch("imagenet_resnet_18_8")
+    folder = tmp_path / "lottery" / "level_3" / "main"
+    folder.mkdir(parents=True)
+    states = {}
+    for ep, it, seed in [(0, 0, 1), (0, 1000, 2), (2, 218, 3), (160, 0, 4)]:
+        if (ep, it) == (0, 1000) and not with_rewind:
+            continue
+        sd = {"model." + k: v for k, v in build_model(spec, seed=seed).state_dict().items()}
+        states[(ep, it)] = sd
+        torch.save(sd, folder / f"model_ep{ep}_it{it}.pth")
+    masks = {k: (torch.rand_like(v) > 0.7).int() for k, v in states[(0, 0)].items() if k.endswith("conv2.weight")}
+    torch.save(masks, folder / "mask.pth")
+    return folder, states, masks
+
+
+def test_open_lth_level_folder_takes_the_smallest_step_after_zero(tmp_path):
+    folder, states, masks = _open_lth_folder(tmp_path)
+    for path in (folder, folder.parent):  # the level folder or its main/ subfolder
+        t = read_ticket(path)
+        assert t.arch.name == "imagenet_resnet_18_8" and t.arch.prefix == "model."
+        assert t.metadata["ett.rewind_step"] == "1000it"
+        np.testing.assert_array_equal(t.array("model.conv1.weight"), states[(0, 1000)]["model.conv1.weight"].numpy())
+        assert set(t.masks) == set(masks)
+        name = "model.layer2.1.conv2.weight"
+        np.testing.assert_array_equal(t.masks[name].array, masks[name].numpy().astype(bool))
+
+
+def test_open_lth_without_rewind_checkpoint_uses_2ep218it(tmp_path):
+    folder, states, _ = _open_lth_folder(tmp_path, with_rewind=False)
+    assert read_ticket(folder).metadata["ett.rewind_step"] == "2ep218it"
+
+
+def test_convert_any_layout_to_ett_and_export_open_lth(tmp_path, cli):
+    folder, _, _ = _open_lth_folder(tmp_path)
+    out = tmp_path / "ticket.safetensors"
+    r = cli("convert", folder, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    converted = read_ticket(out)
+    _same(read_ticket(folder), converted)
+    assert converted.metadata["ett.rewind_step"] == "1000it" and converted.metadata["ett.command"] == "ett convert"
+    # and back out to an open_lth level folder, which reads as the same ticket
+    exported = tmp_path / "exported"
+    r = cli("convert", out, "-o", exported, "--open-lth")
+    assert r.exit_code == 0, r.stderr
+    assert (exported / "mask.pth").exists() and (exported / "model_ep0_it1000.pth").exists()
+    mask = torch.load(exported / "mask.pth", weights_only=True)
+    assert all(v.dtype == torch.int32 for v in mask.values())
+    assert len(mask) == len(converted.prunable())  # every prunable tensor, dense ones as all-ones
+    _same_values = read_ticket(exported)
+    for name in converted.prunable():
+        assert _same_values.mask(name) == converted.mask(name)
+
+
+def test_convert_may_overwrite_its_input(tmp_path, cli):
+    path = tmp_path / "t.safetensors"
+    make_ticket("cifar_resnet_8_4", 0.5).save(path)
+    before = read_ticket(path)
+    before.tensors = {n: Source.of_array(a.copy()) for n, a in before.arrays()}  # detach from the file
+    r = cli("convert", path, "-o", path)
+    assert r.exit_code == 0, r.stderr
+    _same(before, read_ticket(path))
+    assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
+
+
+def test_mask_values():
+    m = Mask.from_values(np.array([[1.0, 0.0], [0.0, 0.0]], dtype=np.float32))
+    assert (m.kept, m.numel, m.density, m.sparsity) == (1, 4, 0.25, 0.75)
+    with pytest.raises(EttError, match="not binary"):
+        Mask.from_values(np.array([0, 2, 1]))
+    shuffled = Mask(np.arange(100) % 3 == 0).shuffled(np.random.default_rng(0))
+    assert shuffled.kept == 34 and shuffled != Mask(np.arange(100) % 3 == 0)
+
+
+def test_metadata_that_contradicts_the_tensors_is_refused(tmp_path):
+    t = make_ticket("cifar_resnet_8_4")
+    t.save(tmp_path / "t.safetensors")
+    from ettcli.stfile import read_header, write_file
+
+    h = read_header(tmp_path / "t.safetensors")
+    write_file(tmp_path / "lie.safetensors", [(n, Source.of_file(h.path, i)) for n, i in h.tensors.items()],
+               {**h.metadata, "ett.arch": "cifar_resnet_20"})
+    with pytest.raises(EttError, match="metadata says ett.arch=cifar_resnet_20"):
+        read_ticket(tmp_path / "lie.safetensors")
