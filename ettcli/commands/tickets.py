@@ -12,13 +12,13 @@ from ettcli.errors import EttError
 
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
-INSPECT_JSON_HELP = """\
-With --json, one JSON object on stdout: file, arch (canonical name), family, stages (units per stage),
-width, block, num_classes, sparsity (fraction of prunable weights whose mask is 0; 0.0 without masks),
-density, prunable (count), kept_prunable, total_params (parameters, buffers excluded), kept_params,
-stage_sparsity (per stage, stem and head excluded), tensors (name, shape, dtype, numel, prunable, masked,
-kept, sparsity, role: stem/unit/head, stage, unit, buffer) and metadata (the file's __metadata__).
-"""
+INSPECT_JSON_HELP = (
+    "With --json, one JSON object on stdout: file, arch (canonical name), family, stages (units per stage), "
+    "width, block, num_classes, sparsity (fraction of prunable weights whose mask is 0; 0.0 without masks), "
+    "density, prunable (count), kept_prunable, total_params (parameters, buffers excluded), kept_params, "
+    "stage_sparsity (per stage, stem and head excluded), tensors (name, shape, dtype, numel, prunable, masked, "
+    "kept, sparsity, role: stem/unit/head, stage, unit, buffer) and metadata (the file's __metadata__)."
+)
 
 
 def summarize(ticket, file: str) -> dict:
@@ -79,7 +79,8 @@ def _render(info: dict, spec) -> None:
 
     console = stdout_console()
     title = f"{info['file']}: {info['arch']} ({info['family']}, stages {info['stages']}, {info['num_classes']} classes)"
-    table = Table(title=title, title_justify="left", show_lines=False)
+    console.print(f"[bold]{title}[/bold]", highlight=False)
+    table = Table(show_lines=False)
     for col, just in (
         ("tensor", "left"),
         ("shape", "left"),
@@ -99,11 +100,7 @@ def _render(info: dict, spec) -> None:
                 table.add_section()
             group = key
             if r["role"] == "unit":
-                ds = (
-                    " (downsampling)"
-                    if r["unit"] == 0 and r["stage"] > 0 or (r["unit"] == 0 and spec.has_shortcut(r["stage"], 0))
-                    else ""
-                )
+                ds = " (downsampling)" if spec.has_shortcut(r["stage"], r["unit"]) else ""
                 label = f"stage {r['stage'] + 1} {spec.unit_word} {r['unit']}{ds}"
             else:
                 label = r["role"]
@@ -111,7 +108,7 @@ def _render(info: dict, spec) -> None:
         flags = []
         if r["role"] in ("stem", "head"):
             flags.append(r["role"])
-        if r["role"] == "unit" and r["unit"] == 0 and r["stage"] > 0:
+        if r["role"] == "unit" and spec.has_shortcut(r["stage"], r["unit"]):
             flags.append("downsample")
         if r["prunable"]:
             flags.append("masked" if r["masked"] else "dense")
