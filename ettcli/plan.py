@@ -140,9 +140,7 @@ def default_preset(verb: str) -> str:
 
 def preset_help(verb: str) -> str:
     """One line per preset of a verb, for --help."""
-    return "; ".join(
-        f"{p.name}: {p.help}" + (" (default)" if p.default else "") for p in presets_for(verb).values()
-    )
+    return "; ".join(f"{p.name}: {p.help}" + (" (default)" if p.default else "") for p in presets_for(verb).values())
 
 
 # --- the plan value ---------------------------------------------------------------------------------------
@@ -176,7 +174,7 @@ class Plan:
                 if not 0 <= i < src.stages[s]:
                     raise EttError(f"stage {s + 1}: source unit {i} is out of range 0..{src.stages[s] - 1}")
                 if (i == 0) != (j == 0):
-                    raise EttError(f"stage {s + 1}: unit 0 must fill position 0 and nothing else ({i}:{j})")
+                    raise EttError(f"stage {s + 1}: unit 0 must map to position 0 and only there (found {i}:{j})")
                 _check_shapes(src, dst, s, i, j, f"{i}:{j}")
 
     # --- views ---------------------------------------------------------------------------------------------
