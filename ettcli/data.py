@@ -128,7 +128,9 @@ def find_layout(spec: DatasetSpec, root: Path) -> tuple[str, Path]:
     expected = f"{spec.batches_dir}/ (torchvision's format) or " if spec.batches_dir else ""
     test = "|".join(spec.test_dirs)
     hint = "; pass --download to fetch it" if spec.torchvision_class else ""
-    raise EttError(f"no {spec.name} data under {root}: expected {expected}train/<class>/ and {test}/<class>/ folders{hint}")
+    raise EttError(
+        f"no {spec.name} data under {root}: expected {expected}train/<class>/ and {test}/<class>/ folders{hint}"
+    )
 
 
 def _test_dir(spec: DatasetSpec, folder: Path) -> Path | None:
@@ -186,7 +188,13 @@ def _download(spec: DatasetSpec, root: Path) -> None:
 def _read_batches(spec: DatasetSpec, folder: Path) -> InMemory:
     """torchvision's pickled CIFAR batches (trusted files that torchvision itself writes and reads)."""
     if spec.name == "cifar100":
-        train_files, test_files, label_key, meta_file, names_key = ["train"], ["test"], "fine_labels", "meta", "fine_label_names"
+        train_files, test_files, label_key, meta_file, names_key = (
+            ["train"],
+            ["test"],
+            "fine_labels",
+            "meta",
+            "fine_label_names",
+        )
     else:
         train_files = [f"data_batch_{i}" for i in range(1, 6)]
         test_files, label_key, meta_file, names_key = ["test_batch"], "labels", "batches.meta", "label_names"

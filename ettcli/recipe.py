@@ -33,7 +33,7 @@ class Recipe:
     gamma: float  # lr factor at each milestone
     warmup: Step = Step()  # linear warmup from 0 over this many steps
 
-    def scaled(self, epochs: int) -> Recipe:
+    def scaled(self, epochs: int, per_epoch: int) -> Recipe:
         """The same schedule shape over ``epochs`` epochs (milestones and warmup at the same fractions)."""
         if epochs <= 0:
             raise EttError(f"--epochs {epochs}: training needs at least 1 epoch")
@@ -43,8 +43,8 @@ class Recipe:
         return replace(
             self,
             epochs=epochs,
-            milestones=tuple(_scale(m, f) for m in self.milestones),
-            warmup=_scale(self.warmup, f),
+            milestones=tuple(_scale(m, f, per_epoch) for m in self.milestones),
+            warmup=_scale(self.warmup, f, per_epoch),
         )
 
     def total_iterations(self, per_epoch: int) -> int:
@@ -75,37 +75,10 @@ class Recipe:
         }
 
 
-def _scale(step: Step, f: Fraction) -> Step:
-    """A step at fraction ``f`` of itself: whole epochs stay whole where they can, the rest become iterations."""
-    if step.it == 0:
-        ep = step.ep * f
-        if ep.denominator == 1:
-            return Step(int(ep), 0)
-    # keep the fraction in epochs; resolved into iterations once the epoch length is known
-    return _FractionalStep(step, f)
-
-
-@dataclass(frozen=True)
-class _FractionalStep(Step):
-    """A step that is a fraction of another, resolved once the iterations per epoch are known."""
-
-    base: Step = Step()
-    fraction: Fraction = Fraction(1)
-
-    def __init__(self, base: Step, fraction: Fraction):
-        object.__setattr__(self, "ep", 0)
-        object.__setattr__(self, "it", 0)
-        object.__setattr__(self, "base", base)
-        object.__setattr__(self, "fraction", fraction)
-
-    def iterations(self, per_epoch: int) -> int:
-        return round(self.base.iterations(per_epoch) * self.fraction)
-
-    def __str__(self) -> str:
-        ep = self.base.ep * self.fraction
-        if self.base.it == 0:
-            return f"{float(ep):g}ep"
-        return f"{self.fraction}*{self.base}"
+def _scale(step: Step, f: Fraction, per_epoch: int) -> Step:
+    """The step at fraction ``f`` of ``step``, in whole epochs where it falls on one."""
+    its = round(step.iterations(per_epoch) * f)
+    return Step(its // per_epoch, its % per_epoch)
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -148,6 +121,7 @@ def parse_warmup(text: str) -> Step:
 
 def customise(
     recipe: Recipe,
+    per_epoch: int,
     *,
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -156,9 +130,12 @@ def customise(
     weight_decay: float | None = None,
     warmup: str | None = None,
 ) -> Recipe:
-    """Apply command-line overrides; ``epochs`` first, so explicit milestones and warmup are taken as given."""
+    """Apply command-line overrides (``per_epoch``: iterations in one epoch at the final batch size).
+
+    ``epochs`` scales the schedule first, so explicit milestones and a warmup are taken as given.
+    """
     if epochs is not None:
-        recipe = recipe.scaled(epochs)
+        recipe = recipe.scaled(epochs, per_epoch)
     if batch_size is not None:
         if batch_size <= 0:
             raise EttError(f"--batch-size {batch_size}: must be at least 1")
