@@ -436,14 +436,10 @@ def train(
                 scaler.step(opt)
                 scaler.update()
                 masker.apply()  # momentum and weight decay would otherwise revive pruned weights
-                with torch.no_grad():
-                    sums += torch.stack(
-                        [
-                            loss.detach().double() * len(y),
-                            (logits.argmax(1) == y).sum().double(),
-                            sums.new_tensor(len(y)),
-                        ]
-                    )
+                with torch.no_grad():  # python scalars enter as kernel arguments: no host-device copy
+                    sums[0] += loss.detach() * len(y)
+                    sums[1] += (logits.argmax(1) == y).sum()
+                    sums[2] += len(y)
                 step += 1
                 hooks.step(step)
                 if step == kill_at:
@@ -535,7 +531,9 @@ def evaluate(runner, model, feeder, device, autocast, world: int) -> tuple[float
         with autocast:
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
-        sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), sums.new_tensor(len(y))])
+        sums[0] += loss
+        sums[1] += (logits.argmax(1) == y).sum()
+        sums[2] += len(y)
     if world > 1:
         torch.distributed.all_reduce(sums)
     loss_sum, correct, n = sums.tolist()

@@ -1,0 +1,168 @@
+"""Training throughput: ``ett train``'s loop against a plain open_lth-style loop, in the same run.
+
+The plain loop is what open_lth and ElasticLTH do: in-memory uint8 images through PIL transforms
+(RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize) in a DataLoader, fp32, NCHW, the
+mask multiplied into the weights before each forward. ``ett``'s loop is ``ettcli.train.train`` itself (the
+data resident as uint8 on the device, batched augmentation, channels_last, auto precision), run for two
+epochs of the same images; the second epoch's rate is reported (the first pays for warm-up).
+
+Both train the same 80%-sparse ticket at batch 128. Images: the CIFAR-10 copy in ../shared/data when it is
+there (decoded once into a temporary cache), else random uint8 images of the same shape.
+
+    .venv/bin/python bench/train_throughput.py                 # CPU, and GPU when CUDA is present
+    .venv/bin/python bench/train_throughput.py --images 5120 --devices cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ettcli.arch import parse_arch
+from ettcli.commands.tickets import init_ticket
+from ettcli.data import IMAGENET_MEAN, IMAGENET_STD, InMemory, get_dataset, load_memory_dataset
+from ettcli.pruning import magnitude_masks
+from ettcli.recipe import customise, recipe_for
+from ettcli.train import MemoryFeeder, TrainConfig, prepare_out, resolve_precision, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+BATCH = 128
+
+
+def load_images(n: int, tmp: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    if TARBALL.is_file():
+        with tarfile.open(TARBALL, "r:gz") as tar:
+            tar.extractall(tmp / "cifar", filter="data")
+        os.environ.setdefault("ETT_CACHE", str(tmp / "cache"))
+        data = load_memory_dataset(get_dataset("cifar10"), tmp / "cifar")
+        return data.train_x[:n], data.train_y[:n], f"CIFAR-10 (first {n} of {TARBALL.name}'s training images)"
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n), "random uint8 images"
+
+
+def make_ticket(arch: str):
+    ticket = init_ticket(parse_arch(arch), seed=0)
+    ticket.masks = magnitude_masks(ticket, 0.8)
+    return ticket
+
+
+def ett_loop(arch: str, x, y, device: str, tmp: Path, compile_: bool = False) -> tuple[float, str]:
+    """Images/s of ``ettcli.train.train`` over the second of two epochs."""
+    ticket = make_ticket(arch)
+    prec = resolve_precision("auto", device)
+    data = InMemory(x, y, x[:1000], y[:1000], [], "bench")
+    feeder = MemoryFeeder(data, get_dataset("cifar10"), BATCH, torch.device(device), 0)
+    recipe = customise(recipe_for("cifar_resnet"), feeder.per_epoch, epochs=2)
+    cfg = TrainConfig("bench", "", arch, "cifar10", recipe.as_dict(), "0it", 0, device, prec, compile_, 1)
+    out = Path(tempfile.mkdtemp(dir=tmp))
+    train(cfg, recipe, ticket, feeder, out, prepare_out(out, cfg, False))
+    import json
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows[-1]["images_per_second"], prec + (" compiled" if compile_ else "")
+
+
+class _PilDataset(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        from torchvision import transforms
+
+        self.x, self.y = x, y
+        self.tf = transforms.Compose(
+            [
+                transforms.RandomCrop(32, padding=4),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.tf(Image.fromarray(self.x[i])), int(self.y[i])
+
+
+def plain_loop(arch: str, x, y, device: str, workers: int) -> float:
+    """Images/s of an open_lth-style loop (after 3 warm-up steps)."""
+    from ettcli.models import build_model
+
+    ticket = make_ticket(arch)
+    model = build_model(ticket.arch, seed=None, init=False)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ticket.arrays()})
+    model.to(device)
+    params = dict(model.named_parameters())
+    masks = {k: torch.from_numpy(m.array).to(device=device, dtype=torch.float32) for k, m in ticket.masks.items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    loader = torch.utils.data.DataLoader(
+        _PilDataset(x, y), batch_size=BATCH, shuffle=True, num_workers=workers, pin_memory=device == "cuda"
+    )
+    model.train()
+    seen, t0 = 0, None
+    for i, (xb, yb) in enumerate(loader):
+        if i == 3:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0, seen = time.perf_counter(), 0
+        xb, yb = xb.to(device), yb.to(device)
+        with torch.no_grad():
+            for k, m in masks.items():
+                params[k].mul_(m)
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()  # open_lth reads the loss every step
+        seen += len(yb)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=10240, help="training images per epoch (default 10240)")
+    ap.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--plain-workers", default="0,2", help="DataLoader workers tried for the plain loop")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        x, y, what = load_images(args.images, tmp)
+        print(f"images: {what}; batch {BATCH}; torch {torch.__version__}; {platform.processor() or platform.machine()}")
+        print(f"threads {torch.get_num_threads()}, cpu bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+        for device in args.devices.split(","):
+            archs = ["cifar_resnet_20"] + (["cifar_resnet_56"] if device == "cuda" else [])
+            for arch in archs:
+                plain = {}
+                for w in (int(v) for v in args.plain_workers.split(",")):
+                    plain[w] = plain_loop(arch, x, y, device, w)
+                    rows.append((device, arch, f"plain open_lth-style, {w} workers", "fp32 NCHW", plain[w], None))
+                    print(rows[-1], flush=True)
+                best = max(plain.values())
+                variants = [False] + ([True] if device == "cuda" else [])
+                for compile_ in variants:
+                    rate, prec = ett_loop(arch, x, y, device, tmp, compile_)
+                    rows.append((device, arch, "ett train loop", f"{prec} channels_last", rate, rate / best))
+                    print(rows[-1], flush=True)
+    print()
+    print("| device | model | loop | precision | images/s | vs best plain |")
+    print("|---|---|---|---|---:|---:|")
+    for device, arch, loop, prec, rate, ratio in rows:
+        print(f"| {device} | {arch} | {loop} | {prec} | {rate:,.0f} | {'' if ratio is None else f'{ratio:.2f}x'} |")
+
+
+if __name__ == "__main__":
+    main()
