@@ -10,9 +10,11 @@ import typer
 
 from ettcli import __version__
 from ettcli.commands import tickets
+from ettcli.commands.common import FastGroup
 
 app = typer.Typer(
     name="ett",
+    cls=FastGroup,
     help="Elastic lottery tickets: inspect, stretch, squeeze, train and find sparse subnetworks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -16,6 +16,7 @@ Library use::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ettcli.plan import Plan, make_plan
 from ettcli.ticket import Ticket, read_ticket
 
 CARRIED_METADATA = ("ett.rewind_step", "ett.dataset")
+OVERLAP_HASH_BYTES = 16 << 20  # hash sources at least this large while writing (see save_transformed)
 
 
 @dataclass(frozen=True)
@@ -80,13 +82,17 @@ def _check_plan_source(ticket: Ticket, plan: Plan) -> None:
         raise EttError(f"the plan is for {plan.source.name} but the ticket is {ticket.arch.name}")
 
 
-def apply_plan(ticket: Ticket, plan: Plan, random_copies: int | None = None, verb: str | None = None) -> Ticket:
+def apply_plan(
+    ticket: Ticket, plan: Plan, random_copies: int | None = None, verb: str | None = None, hash_source: bool = True
+) -> Ticket:
     """The target ticket of ``plan``: every tensor of a unit copied for each of its copies, masks included.
 
     Stem, classifier and unit 0 of every stage are copied as they are. With ``random_copies`` (a seed),
     the second and later copies of a unit get each mask shuffled within its tensor (the paper's control:
     same per-tensor density, random positions; the weights are still copied). Copies share their source's
-    storage in memory; the saved file holds one independent copy per position.
+    storage in memory; the saved file holds one independent copy per position. The metadata records the
+    plan and the source (its path, architecture and, unless ``hash_source`` is false, its sha256; see
+    :func:`save_transformed` for a save that hashes the source while it writes).
     """
     _check_plan_source(ticket, plan)
     rng = np.random.default_rng(random_copies) if random_copies is not None else None
@@ -109,7 +115,7 @@ def apply_plan(ticket: Ticket, plan: Plan, random_copies: int | None = None, ver
     meta["ett.source_arch"] = ticket.arch.name
     if ticket.path is not None:
         meta["ett.source"] = str(ticket.path)
-        if ticket.path.is_file():
+        if hash_source and ticket.path.is_file():
             from ettcli.stfile import sha256_file
 
             meta["ett.source_sha256"] = sha256_file(ticket.path)
@@ -182,6 +188,43 @@ def squeeze(
         stages=stages,
         random_copies=random_copies,
     )
+
+
+def save_transformed(ticket: Ticket, out: str | Path, source: Path | None = None) -> Path:
+    """Save ``ticket`` atomically, recording the sha256 of ``source`` hashed while the tensors are written.
+
+    Hashing a 100 MB source takes about as long as writing the target, and the digest belongs in the header,
+    which comes first; so the header is written with a placeholder of the digest's length, a second thread
+    hashes the source meanwhile, and the placeholder is overwritten before the file is renamed into place.
+    """
+    out = Path(out)
+    if source is None or not Path(source).is_file():
+        return ticket.save(out)
+    from ettcli.stfile import atomic_path, sha256_file
+
+    if Path(source).stat().st_size < OVERLAP_HASH_BYTES:  # not worth a thread and a second fsync
+        return ticket.save(out, ett__source_sha256=sha256_file(source))
+    import secrets
+    import struct
+    from concurrent.futures import ThreadPoolExecutor
+
+    placeholder = ("pending-" + secrets.token_hex(28)).encode()  # 64 characters, as a hex sha256 digest
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(sha256_file, source)
+        with atomic_path(out) as tmp:
+            ticket.save(tmp, ett__source_sha256=placeholder.decode())
+            value = digest.result().encode()
+            with open(tmp, "r+b") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = fh.read(n)
+                at = header.find(placeholder)
+                if at < 0 or len(value) != len(placeholder):
+                    raise RuntimeError("the header lost its sha256 placeholder")
+                fh.seek(8 + at)
+                fh.write(value)
+                fh.flush()
+                os.fsync(fh.fileno())
+    return out
 
 
 def default_output(source: str | Path, target: ArchSpec) -> Path:

@@ -208,6 +208,7 @@ for args in (["plan", {str(path)!r}, "--to", "resnet-56", "--json"],
     except SystemExit as exc:
         assert exc.code == 0, (args, exc.code)
 assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
+assert "pydantic" not in sys.modules  # typer's pydantic coercion is bypassed for plain options (start-up time)
 print("ok")
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -231,3 +232,24 @@ def test_lazy_exports():
     assert res.returncode == 0, res.stderr
     with pytest.raises(AttributeError):
         ettcli.no_such_thing  # noqa: B018
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_large_sources_are_hashed_while_the_target_is_written(tmp_path, monkeypatch, in_place):
+    import ettcli.transform as tr
+    from ettcli.stfile import read_header, sha256_file
+
+    monkeypatch.setattr(tr, "OVERLAP_HASH_BYTES", 0)  # take the threaded path for this small ticket
+    path = tmp_path / "src.safetensors"
+    write_labelled(path, "cifar_resnet_20_4")
+    digest = sha256_file(path)
+    out = path if in_place else tmp_path / "out.safetensors"
+    ticket = read_ticket(path)
+    target = apply_plan(ticket, make_plan(ticket.arch, "resnet-32"), hash_source=False)
+    assert "ett.source_sha256" not in target.metadata
+    tr.save_transformed(target, out, path)
+    meta = read_header(out).metadata
+    assert meta["ett.source_sha256"] == digest and meta["ett.arch"] == "cifar_resnet_32_4"
+    assert b"pending-" not in out.read_bytes()
+    assert read_ticket(out).arch.name == "cifar_resnet_32_4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"src.safetensors", out.name})

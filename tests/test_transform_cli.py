@@ -162,7 +162,9 @@ def test_bad_plan_on_plan_command_and_missing_source(cli, r20, tmp_path):
     assert_user_error(cli("plan", r20, "--to", "resnet-56", "--order", "append", "--drop", "tail"), "not both")
     assert_user_error(cli("stretch", tmp_path / "missing.safetensors", "--to", "resnet-32"), "no such file")
     res = cli("stretch", r20, "--to", "resnet-32", "--order", "sideways")
-    assert res.exit_code == 2 and "sideways" in res.stderr
+    assert res.exit_code == 2 and "'sideways' is not one of 'interpolate'," in res.stderr
+    res = cli("stretch", r20, "--to", "resnet-32", "--random-copies", "x")
+    assert res.exit_code == 2 and "'x' is not a valid int" in res.stderr
     assert files(tmp_path) == ["r20.safetensors"]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from ettcli.commands.common import handle_errors
+from ettcli.commands.common import FastCommand, handle_errors
 from ettcli.errors import EttError
 from ettcli.plan import default_preset, preset_help, presets_for
 
@@ -140,7 +140,7 @@ def _command_line(verb, src, to, stages, option, preset, mapping, random_copies,
 
 
 def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out) -> None:
-    from ettcli.transform import apply_plan, default_output, predict_sparsity, source_report
+    from ettcli.transform import apply_plan, default_output, predict_sparsity, save_transformed, source_report
 
     option = "--order" if verb == "stretch" else "--drop"
     preset = preset_enum.value if preset_enum else None
@@ -162,9 +162,9 @@ def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out) -> Non
         raise EttError(f"{out}: is a folder; -o takes a .safetensors file path")
     if not out.parent.exists():
         raise EttError(f"{out}: folder {out.parent} does not exist; create it first")
-    target = apply_plan(ticket, plan, random_copies, verb)
+    target = apply_plan(ticket, plan, random_copies, verb, hash_source=False)
     target.metadata["ett.command"] = _command_line(verb, src, to, stages, option, preset, mapping, random_copies, out)
-    target.save(out)
+    save_transformed(target, out, ticket.path)
     how = f"{option[2:]} {plan.preset}" if plan.preset else "explicit mapping"
     extra = f", random copies (seed {random_copies})" if random_copies is not None else ""
     lines = [
@@ -176,7 +176,7 @@ def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out) -> Non
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(epilog=PLAN_JSON_HELP)
+    @app.command(cls=FastCommand, epilog=PLAN_JSON_HELP)
     @handle_errors
     def plan(
         src: Path = typer.Argument(..., help="Source ticket (.safetensors, .pt/.pth, open_lth level folder)."),
@@ -198,7 +198,7 @@ def register(app: typer.Typer) -> None:
             return
         typer.echo("\n".join([*_plan_lines(p, verb), *_sparsity_lines(src_report, dst_report)]))
 
-    @app.command()
+    @app.command(cls=FastCommand)
     @handle_errors
     def stretch(
         src: Path = typer.Argument(..., help="Source ticket (.safetensors, .pt/.pth, open_lth level folder)."),
@@ -216,7 +216,7 @@ def register(app: typer.Typer) -> None:
         """Write a deeper ticket of the same family by replicating units (stem, head, unit 0 kept)."""
         _run("stretch", src, to, stages, order, mapping, random_copies, out)
 
-    @app.command()
+    @app.command(cls=FastCommand)
     @handle_errors
     def squeeze(
         src: Path = typer.Argument(..., help="Source ticket (.safetensors, .pt/.pth, open_lth level folder)."),
