@@ -1,0 +1,130 @@
+"""How fast `ett stretch` writes a target ticket, against a bare key remap measured in the same run.
+
+    .venv/bin/python bench/transform_speed.py [--repeats 7]
+
+Two transfers, tickets made at benchmark time in a temporary folder (open_lth init, random masks at 73.79%):
+  * cifar_resnet_20 -> cifar_resnet_56 (1.3 MiB in, 4.3 MiB out)
+  * imagenet_resnet_26 -> imagenet_resnet_34, 1000 classes (about 100 MB in)
+
+Each command runs in a fresh interpreter, as a user would run it:
+  * bare remap: ``safetensors.numpy.load_file``, rename (and duplicate) keys by the same plan, ``save_file``;
+  * ``python -m ettcli stretch SRC --to TARGET -o OUT`` (the real CLI).
+Prints wall-time medians, peak RSS (``wait4``'s ru_maxrss of each child) and ett's ratios to the remap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CASES = [("cifar_resnet_20", "resnet-56", 10), ("imagenet_resnet_26", "resnet-34", 1000)]
+SPARSITY = 0.7379
+
+REMAP = """
+import json, sys
+from safetensors.numpy import load_file, save_file
+src, dst, pairs = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3]))
+tensors = load_file(src)
+save_file({new: tensors[old] for new, old in pairs}, dst)
+"""
+
+
+def make_ticket(arch: str, classes: int, path: Path) -> None:
+    from ettcli.arch import parse_arch
+    from ettcli.commands.tickets import init_ticket
+    from ettcli.mask import Mask
+
+    ticket = init_ticket(parse_arch(arch, num_classes=classes), seed=0)
+    rng = np.random.default_rng(0)
+    ticket.masks = {n: Mask(rng.random(ticket.tensors[n].shape) >= SPARSITY) for n in ticket.prunable()}
+    ticket.save(path)
+
+
+def remap_pairs(path: Path, to: str) -> list[tuple[str, str]]:
+    """(target key, source key) for every tensor and mask, from ett's own plan (numpy only)."""
+    from ettcli.plan import make_plan
+    from ettcli.ticket import read_ticket
+
+    ticket = read_ticket(path)
+    pairs = []
+    for new, (old, _) in make_plan(ticket.arch, to).tensor_sources().items():
+        pairs.append((new, old))
+        if old in ticket.masks:
+            pairs.append((new + "_mask", old + "_mask"))
+    return pairs
+
+
+def run_once(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one child process, measured with wait4."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"{cmd} failed with {os.waitstatus_to_exitcode(status)}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def run_pair(a: list[str], b: list[str], repeats: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Alternate the two commands (so that load from other processes hits both alike); medians and peaks."""
+    runs: dict[int, list[tuple[float, float]]] = {0: [], 1: []}
+    run_once(a), run_once(b)  # warm the page cache and the interpreter's files
+    for _ in range(repeats):
+        for i, cmd in enumerate((a, b)):
+            runs[i].append(run_once(cmd))
+    return tuple((statistics.median(w for w, _ in r), max(m for _, m in r)) for r in runs.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--make", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.make:  # in a child, so that this process stays small
+        make_ticket(args.make[0], int(args.make[1]), Path(args.make[2]))
+        return
+    py = sys.executable
+    # byte-compile ettcli as an install would (numpy and safetensors come compiled; PYTHONDONTWRITEBYTECODE,
+    # set in some environments, would otherwise make every ett start compile its modules from source)
+    import compileall
+
+    import ettcli
+
+    compileall.compile_dir(Path(ettcli.__file__).parent, quiet=1)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; median of {args.repeats} runs")
+    print(f"{'transfer':42} {'command':10} {'wall s':>7} {'peak MiB':>9} {'wall ratio':>11} {'RSS ratio':>10}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for arch, to, classes in CASES:
+            src = tmp / f"{arch}.safetensors"
+            subprocess.run([py, __file__, "--make", arch, str(classes), str(src)], check=True)
+            pairs_file = tmp / "pairs.json"
+            pairs_file.write_text(json.dumps(remap_pairs(src, to)))
+            bare, ett = run_pair(
+                [py, "-c", REMAP, str(src), str(tmp / "bare.safetensors"), str(pairs_file)],
+                [py, "-m", "ettcli", "stretch", str(src), "--to", to, "-o", str(tmp / "ett.safetensors")],
+                args.repeats,
+            )
+            out = tmp / "ett.safetensors"
+            from safetensors.numpy import load_file
+
+            a, b = load_file(tmp / "bare.safetensors"), load_file(out)
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), "outputs differ"
+            del a, b
+            name = f"{arch} -> {to} ({src.stat().st_size / 2**20:.1f} -> {out.stat().st_size / 2**20:.1f} MiB)"
+            print(f"{name:42} {'remap':10} {bare[0]:7.3f} {bare[1]:9.0f}")
+            print(f"{'':42} {'ett':10} {ett[0]:7.3f} {ett[1]:9.0f} {ett[0] / bare[0]:11.2f} {ett[1] / bare[1]:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
