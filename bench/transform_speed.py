@@ -102,7 +102,7 @@ def main() -> None:
 
     compileall.compile_dir(Path(ettcli.__file__).parent, quiet=1)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; median of {args.repeats} runs")
-    print(f"{'transfer':42} {'command':10} {'wall s':>7} {'peak MiB':>9} {'wall ratio':>11} {'RSS ratio':>10}")
+    print(f"{'transfer':52} {'command':10} {'wall s':>7} {'peak MiB':>9} {'wall ratio':>11} {'RSS ratio':>10}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for arch, to, classes in CASES:
@@ -122,8 +122,8 @@ def main() -> None:
             assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), "outputs differ"
             del a, b
             name = f"{arch} -> {to} ({src.stat().st_size / 2**20:.1f} -> {out.stat().st_size / 2**20:.1f} MiB)"
-            print(f"{name:42} {'remap':10} {bare[0]:7.3f} {bare[1]:9.0f}")
-            print(f"{'':42} {'ett':10} {ett[0]:7.3f} {ett[1]:9.0f} {ett[0] / bare[0]:11.2f} {ett[1] / bare[1]:10.2f}")
+            print(f"{name:52} {'remap':10} {bare[0]:7.3f} {bare[1]:9.0f}")
+            print(f"{'':52} {'ett':10} {ett[0]:7.3f} {ett[1]:9.0f} {ett[0] / bare[0]:11.2f} {ett[1] / bare[1]:10.2f}")
 
 
 if __name__ == "__main__":
