@@ -259,3 +259,12 @@ def test_registry_is_the_source_of_choices_and_help():
     assert list(presets_for("squeeze")) == ["interleave", "tail", "head"]
     for name, p in PRESETS.items():
         assert name in preset_help(p.verb) and p.help in preset_help(p.verb)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import ettcli.plan
+
+    result = doctest.testmod(ettcli.plan)
+    assert result.attempted >= 5 and result.failed == 0
