@@ -72,14 +72,18 @@ if RuntimeParam is not None:
 
 
 def _plain_coercion(params) -> None:
+    """Install the plain coercion on each plain parameter; any surprise leaves typer's own in place."""
     if RuntimeParam is None:
         return
     for param in params:
-        desc = getattr(param, "type_descriptor", None)
-        kind = getattr(desc, "annotation", None)
-        plain = kind in (str, int, bool, Path) or (isinstance(kind, type) and issubclass(kind, Enum))
-        if plain and getattr(param, "_runtime_param", 0) is None:
-            param._runtime_param = _PlainValue(desc.parameter_info, kind)
+        try:
+            desc = getattr(param, "type_descriptor", None)
+            kind = getattr(desc, "annotation", None)
+            plain = kind in (str, int, bool, Path) or (isinstance(kind, type) and issubclass(kind, Enum))
+            if plain and getattr(param, "_runtime_param", 0) is None:
+                param._runtime_param = _PlainValue(desc.parameter_info, kind)
+        except Exception:  # typer's private layout changed: keep its (slower, correct) coercion
+            continue
 
 
 class FastCommand(TyperCommand):
