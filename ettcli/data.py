@@ -16,22 +16,22 @@ never is.
 ImageNet stays on disk: image folders ``train/<class>/*`` and ``val/<class>/*`` (``test/`` accepted) read
 through a DataLoader with workers and the standard transforms (DESIGN.md section 6).
 
-Nothing here imports torch at module level.
+Nothing here imports torch or numpy at module level (the CLI reads the registry for its help text).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ettcli.errors import EttError
-from ettcli.stfile import atomic_path
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # open_lth normalises CIFAR with the ImageNet statistics, and so does ett (DESIGN.md section 6).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -164,14 +164,15 @@ def load_memory_dataset(spec: DatasetSpec, root: str | os.PathLike, download: bo
     """Read a CIFAR-style dataset into memory, from torchvision's batches or from image folders."""
     root = Path(root).expanduser()
     if download:
-        _download(spec, root)
+        download(spec, root)
     kind, where = find_layout(spec, root)
     if kind == "batches":
         return _read_batches(spec, where)
     return _read_folders(spec, where)
 
 
-def _download(spec: DatasetSpec, root: Path) -> None:
+def download(spec: DatasetSpec, root: Path) -> None:
+    """Fetch a dataset with torchvision's downloader into ``root`` (needs the internet)."""
     if not spec.torchvision_class:
         raise EttError(f"{spec.name} cannot be downloaded by ett; place its image folders under --data-root")
     import torchvision
@@ -187,6 +188,8 @@ def _download(spec: DatasetSpec, root: Path) -> None:
 
 def _read_batches(spec: DatasetSpec, folder: Path) -> InMemory:
     """torchvision's pickled CIFAR batches (trusted files that torchvision itself writes and reads)."""
+    import numpy as np
+
     if spec.name == "cifar100":
         train_files, test_files, label_key, meta_file, names_key = (
             ["train"],
@@ -221,6 +224,10 @@ def _read_batches(spec: DatasetSpec, folder: Path) -> InMemory:
 
 
 def _read_folders(spec: DatasetSpec, folder: Path) -> InMemory:
+    import numpy as np
+
+    from ettcli.stfile import atomic_path
+
     test_dir = _test_dir(spec, folder)
     train_classes = class_folders(spec, folder / "train")
     test_classes = class_folders(spec, test_dir)
@@ -261,6 +268,7 @@ def _listing_key(spec: DatasetSpec, folder: Path, listing: dict) -> str:
 
 
 def _decode_chunk(args: tuple[list[str], int]) -> np.ndarray:
+    import numpy as np
     from PIL import Image
 
     files, size = args
@@ -276,6 +284,8 @@ def _decode_chunk(args: tuple[list[str], int]) -> np.ndarray:
 
 def decode_images(files: list[Path], size: int) -> np.ndarray:
     """Decode images of one size into (N, size, size, 3) uint8, in a process pool for large sets."""
+    import numpy as np
+
     names = [str(f) for f in files]
     workers = min(os.cpu_count() or 1, 8)
     if len(names) < 4000 or workers < 2:
@@ -315,7 +325,3 @@ def folder_datasets(spec: DatasetSpec, root: str | os.PathLike, expect_classes: 
         [transforms.Resize(resize), transforms.CenterCrop(spec.image_size), transforms.ToTensor(), normalize]
     )
     return datasets.ImageFolder(str(folder / "train"), train_tf), datasets.ImageFolder(str(test_dir), test_tf)
-
-
-def describe(data: InMemory) -> str:
-    return json.dumps({"source": data.source, "train": len(data.train_y), "test": len(data.test_y)})

@@ -544,11 +544,7 @@ def evaluate(runner, model, feeder, device, autocast, world: int) -> tuple[float
 def _save_final(model, ticket, path: Path, cfg: TrainConfig, recipe: Recipe, summary: dict, end: str) -> None:
     from ettcli.ticket import Ticket
 
-    arrays = {}
-    for k, v in model.state_dict().items():
-        a = v.detach().cpu().numpy()
-        want = ticket.tensors[k].dtype
-        arrays[k] = a.astype(np.float32) if want == "BF16" else a.astype(a.dtype)
+    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}  # float32 master weights
     meta = {k: v for k, v in ticket.metadata.items() if k != "ett.rewind_step"}
     meta.update(
         {

@@ -88,7 +88,7 @@ def test_pruned_weights_stay_zero_in_final_file_and_checkpoint(env, reference):
         w = final.array(name)
         assert np.all(w[~mask.array] == 0), name
         # the checkpoint is written right after the last evaluation, so the evaluated weights were zero too
-        assert torch.all(ck["model"][name][~torch.from_numpy(mask.array)] == 0), name
+        assert torch.all(ck["model"][name][~torch.from_numpy(np.array(mask.array))] == 0), name
         changed += int(np.sum(w[mask.array] != src.array(name)[mask.array]))
     assert changed > 0  # the kept weights did train
     assert final.metadata["ett.dataset"] == "cifar10" and "ett.test_accuracy" in final.metadata

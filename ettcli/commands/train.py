@@ -129,7 +129,19 @@ def run_train(
         if ds.kind == "memory":
             from ettcli.data import load_memory_dataset
 
-            data = load_memory_dataset(ds, root, download=download and rank == 0)
+            # rank 0 downloads and decodes first; the others then read its cache
+            failed = None
+            if rank == 0:
+                try:
+                    data = load_memory_dataset(ds, root, download=download)
+                except EttError as exc:  # reach the barrier anyway: the other ranks then fail on their own
+                    failed = exc
+            if world > 1:
+                torch.distributed.barrier()
+            if failed is not None:
+                raise failed
+            if rank != 0:
+                data = load_memory_dataset(ds, root)
             n_train = len(data.train_y)
         else:
             from ettcli.data import folder_datasets
