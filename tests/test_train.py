@@ -205,3 +205,25 @@ def test_gpu_run_with_auto_precision(env, cli, tmp_path):
     final = read_ticket(out / "final.safetensors")
     for name, mask in final.masks.items():
         assert np.all(final.array(name)[~mask.array] == 0)
+
+
+def test_real_ctrl_c_writes_a_checkpoint_and_exits_130(env, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "sig"
+    args = [sys.executable, "-m", "ettcli", "train", str(env["ticket"]), "--data-root", str(env["root"])]
+    args += ["--epochs", "300", *BATCH, "--out", str(out), "--quiet"]
+    child_env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(args, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.pt").is_file() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "interrupted at step" in err and "rerun the same command to resume" in err
+    assert "Traceback" not in err
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert 6 <= ck["step"] < 300 * 6
+    assert not (out / "final.safetensors").exists()
