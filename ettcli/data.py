@@ -164,14 +164,14 @@ def load_memory_dataset(spec: DatasetSpec, root: str | os.PathLike, download: bo
     """Read a CIFAR-style dataset into memory, from torchvision's batches or from image folders."""
     root = Path(root).expanduser()
     if download:
-        download(spec, root)
+        download_dataset(spec, root)
     kind, where = find_layout(spec, root)
     if kind == "batches":
         return _read_batches(spec, where)
     return _read_folders(spec, where)
 
 
-def download(spec: DatasetSpec, root: Path) -> None:
+def download_dataset(spec: DatasetSpec, root: Path) -> None:
     """Fetch a dataset with torchvision's downloader into ``root`` (needs the internet)."""
     if not spec.torchvision_class:
         raise EttError(f"{spec.name} cannot be downloaded by ett; place its image folders under --data-root")

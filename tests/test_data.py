@@ -128,3 +128,30 @@ def test_real_cifar_subset_decodes(tmp_path_factory):
     assert data.train_x.shape == (300, 32, 32, 3) and data.test_x.shape == (100, 32, 32, 3)
     mean = data.train_x.reshape(-1, 3).mean(0) / 255
     assert np.all(np.abs(mean - [0.49, 0.48, 0.45]) < 0.08)
+
+
+def test_download_goes_through_torchvision(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = []
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            if not (tmp_path / "dl" / "cifar-10-batches-py").exists():
+                write_cifar_batches(tmp_path / "dl")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    data = load_memory_dataset(get_dataset("cifar10"), tmp_path / "dl", download=True)
+    assert calls == [(str(tmp_path / "dl"), True, True), (str(tmp_path / "dl"), False, True)]
+    assert data.train_x.shape == (100, 32, 32, 3)
+
+    class Offline:
+        def __init__(self, *a, **k):
+            raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    with pytest.raises(EttError, match="downloading cifar10 into .* failed: network is unreachable"):
+        load_memory_dataset(get_dataset("cifar10"), tmp_path / "other", download=True)
+    with pytest.raises(EttError, match="imagenet cannot be downloaded"):
+        load_memory_dataset(get_dataset("imagenet"), tmp_path / "x", download=True)
