@@ -146,6 +146,13 @@ def test_finished_run_is_reported_not_redone_and_other_settings_are_refused(refe
     assert "already finished" in r.stdout
     r = cli(*args, "--lr", "0.2")
     assert_user_error(r, "holds a run with different settings", "choose another --out")
+    weights = _weights(out / "final.safetensors")
+    r = cli(*args, "--force")
+    assert r.exit_code == 0 and "already finished" not in r.stdout, r.stderr
+    assert (out / "final.safetensors").stat().st_mtime_ns != before
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # redone, not appended to
+    again = _weights(out / "final.safetensors")
+    assert all(np.array_equal(weights[k], again[k]) for k in weights)  # CPU training is deterministic
 
 
 def test_training_starts_at_the_rewind_step(env, cli, tmp_path):

@@ -13,12 +13,14 @@ import typer
 from ettcli.commands.common import handle_errors
 from ettcli.errors import EttError
 
-TRAIN_HELP = """\
-Files in --out: config.json (every setting), metrics.jsonl (one line per epoch), checkpoint.pt (written
-atomically after every epoch and on Ctrl-C), summary.json and final.safetensors (the trained ticket: same
-keys and masks as the input). Rerunning the same command resumes an interrupted run and reports a finished
-one (--force trains it again). Several processes: torchrun --nproc_per_node=N -m ettcli train ...
-"""
+TRAIN_HELP = (
+    "Files in --out: config.json (every setting), metrics.jsonl (one line per epoch), checkpoint.pt (written "
+    "atomically after every epoch and on Ctrl-C), summary.json and final.safetensors (the trained ticket: same "
+    "keys and masks as the input). Rerunning the same command resumes an interrupted run and reports a finished "
+    "one (--force trains it again). Environment: ETT_DATA (default --data-root), ETT_CACHE (decoded datasets, "
+    "default ~/.cache/ett/cache), ETT_RUNS (parent of the default --out, default runs). Several processes: "
+    "torchrun --nproc_per_node=N -m ettcli train ..."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +40,9 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(None, "--epochs", help="Training length in epochs; the schedule keeps its shape."),
         batch_size: int = typer.Option(None, "--batch-size", help="Images per step over all processes."),
         lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
-        milestones: str = typer.Option(None, "--milestones", help="Steps where lr *= 0.1, e.g. 80ep,120ep."),
+        milestones: str = typer.Option(
+            None, "--milestones", help="Steps where lr *= 0.1, e.g. 80ep,120ep (bare numbers are epochs)."
+        ),
         weight_decay: float = typer.Option(None, "--weight-decay", help="L2 penalty."),
         warmup: str = typer.Option(None, "--warmup", help="Linear warmup length, e.g. 5ep or 500it."),
         seed: int = typer.Option(0, "--seed", help="Seed of the data order and augmentation."),
