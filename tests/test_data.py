@@ -121,6 +121,7 @@ def test_imagenet_style_folders_stream_with_standard_transforms(tmp_path):
 
 
 @needs_cifar
+@pytest.mark.data
 def test_real_cifar_subset_decodes(tmp_path_factory):
     root = cifar_subset(tmp_path_factory.getbasetemp())
     data = load_memory_dataset(get_dataset("cifar10"), root)

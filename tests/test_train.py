@@ -17,7 +17,7 @@ from train_util import cifar_subset, needs_cifar, needs_cuda
 from ettcli.recipe import customise, recipe_for
 from ettcli.ticket import read_ticket
 
-pytestmark = needs_cifar
+pytestmark = [needs_cifar, pytest.mark.data]
 BATCH = ["--batch-size", "50"]  # 300 training images: 6 steps an epoch
 
 

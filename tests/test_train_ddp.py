@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import ROOT, make_ticket
 from train_util import cifar_subset, needs_cifar
 
@@ -15,6 +16,7 @@ from ettcli.ticket import read_ticket
 
 
 @needs_cifar
+@pytest.mark.data
 def test_two_gloo_ranks_train_one_epoch(tmp_path, tmp_path_factory):
     root = cifar_subset(tmp_path_factory.getbasetemp())
     ticket = tmp_path / "t.safetensors"
