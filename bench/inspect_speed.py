@@ -64,7 +64,10 @@ def main() -> None:
         size = path.stat().st_size
         rows = [
             ("python -c pass", [py, "-c", "pass"]),
-            ("safetensors.numpy.load_file", [py, "-c", f"from safetensors.numpy import load_file; load_file({str(path)!r})"]),
+            (
+                "safetensors.numpy.load_file",
+                [py, "-c", f"from safetensors.numpy import load_file; load_file({str(path)!r})"],
+            ),
             ("ett inspect --json", [py, "-m", "ettcli", "inspect", str(path), "--json"]),
             ("ett inspect (table)", [py, "-m", "ettcli", "inspect", str(path)]),
         ]

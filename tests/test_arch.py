@@ -65,8 +65,17 @@ def test_model_prefix_is_kept_for_open_lth_imagenet():
 
 @pytest.mark.parametrize(
     "name",
-    ["cifar_resnet_20", "cifar_resnet_s3-5-7_8", "cifar_resnet_110", "imagenet_resnet_18", "imagenet_resnet_50",
-     "imagenet_resnet_26_bottleneck_8", "cifar_vgg_11", "cifar_vgg_16_8", "cifar_vgg_19"],
+    [
+        "cifar_resnet_20",
+        "cifar_resnet_s3-5-7_8",
+        "cifar_resnet_110",
+        "imagenet_resnet_18",
+        "imagenet_resnet_50",
+        "imagenet_resnet_26_bottleneck_8",
+        "cifar_vgg_11",
+        "cifar_vgg_16_8",
+        "cifar_vgg_19",
+    ],
 )
 def test_models_have_exactly_the_spec_keys_and_shapes(name):
     from ettcli.models import build_model
@@ -78,8 +87,15 @@ def test_models_have_exactly_the_spec_keys_and_shapes(name):
     assert infer_arch({k: tuple(v.shape) for k, v in sd.items()}) == spec
 
 
-@pytest.mark.parametrize("name, ctor", [("imagenet_resnet_18", "resnet18"), ("imagenet_resnet_34", "resnet34"),
-                                        ("imagenet_resnet_50", "resnet50"), ("imagenet_resnet_101", "resnet101")])
+@pytest.mark.parametrize(
+    "name, ctor",
+    [
+        ("imagenet_resnet_18", "resnet18"),
+        ("imagenet_resnet_34", "resnet34"),
+        ("imagenet_resnet_50", "resnet50"),
+        ("imagenet_resnet_101", "resnet101"),
+    ],
+)
 def test_imagenet_resnets_match_torchvision_layout(name, ctor):
     import torchvision
 
@@ -115,25 +131,31 @@ def test_open_lth_initialisation_and_seed():
     assert torch.count_nonzero(beta) == 0
 
 
-@pytest.mark.parametrize("short, source, expected", [
-    ("resnet-56", "cifar_resnet_20_32", "cifar_resnet_56_32"),
-    ("resnet56", "cifar_resnet_20", "cifar_resnet_56"),
-    ("resnet-34", "imagenet_resnet_26", "imagenet_resnet_34"),
-    ("resnet-101", "imagenet_resnet_50", "imagenet_resnet_101"),
-    ("vgg-19", "cifar_vgg_16_8", "cifar_vgg_19_8"),
-])
+@pytest.mark.parametrize(
+    "short, source, expected",
+    [
+        ("resnet-56", "cifar_resnet_20_32", "cifar_resnet_56_32"),
+        ("resnet56", "cifar_resnet_20", "cifar_resnet_56"),
+        ("resnet-34", "imagenet_resnet_26", "imagenet_resnet_34"),
+        ("resnet-101", "imagenet_resnet_50", "imagenet_resnet_101"),
+        ("vgg-19", "cifar_vgg_16_8", "cifar_vgg_19_8"),
+    ],
+)
 def test_short_names_follow_the_source(short, source, expected):
     assert parse_arch(short, like=parse_arch(source)).name == expected
 
 
-@pytest.mark.parametrize("name, like, fragment", [
-    ("resnet-56", None, "needs a source ticket"),
-    ("vgg-19", "cifar_resnet_20", "source is a cifar_resnet"),
-    ("resnet-34", "imagenet_resnet_50", "no standard imagenet_resnet of depth 34 with bottleneck"),
-    ("cifar_resnet_21", None, "depth 6n+2"),
-    ("cifar_vgg_12", None, "no standard cifar_vgg of depth 12"),
-    ("densenet_121", None, "not an architecture name"),
-])
+@pytest.mark.parametrize(
+    "name, like, fragment",
+    [
+        ("resnet-56", None, "needs a source ticket"),
+        ("vgg-19", "cifar_resnet_20", "source is a cifar_resnet"),
+        ("resnet-34", "imagenet_resnet_50", "no standard imagenet_resnet of depth 34 with bottleneck"),
+        ("cifar_resnet_21", None, "depth 6n+2"),
+        ("cifar_vgg_12", None, "no standard cifar_vgg of depth 12"),
+        ("densenet_121", None, "not an architecture name"),
+    ],
+)
 def test_bad_names_are_refused_clearly(name, like, fragment):
     with pytest.raises(EttError) as exc:
         parse_arch(name, like=parse_arch(like) if like else None)
@@ -151,7 +173,9 @@ def test_inference_names_the_broken_tensor():
     with pytest.raises(EttError, match="unexpected tensor 'blocks.4.extra.weight'"):
         infer_arch(extra)
     wrong = dict(shapes, **{"blocks.4.conv2.weight": (32, 32, 5, 5)})
-    with pytest.raises(EttError, match=r"'blocks.4.conv2.weight' has shape \[32, 32, 5, 5\], expected \[32, 32, 3, 3\]"):
+    with pytest.raises(
+        EttError, match=r"'blocks.4.conv2.weight' has shape \[32, 32, 5, 5\], expected \[32, 32, 3, 3\]"
+    ):
         infer_arch(wrong)
     with pytest.raises(EttError, match="match no known family"):
         infer_arch({"encoder.layer.0.weight": (4, 4)})

@@ -163,7 +163,10 @@ def test_mask_without_its_tensor(cli, tmp_path):
 def test_names_of_no_known_family(cli, tmp_path):
     path = _write_raw(
         tmp_path / "bert.safetensors",
-        {"encoder.layer.0.attention.weight": np.ones((4, 4), np.float32), "pooler.dense.weight": np.ones((4, 4), np.float32)},
+        {
+            "encoder.layer.0.attention.weight": np.ones((4, 4), np.float32),
+            "pooler.dense.weight": np.ones((4, 4), np.float32),
+        },
     )
     assert_user_error(cli("inspect", path), str(path), "match no known family", "expected")
 

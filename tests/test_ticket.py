@@ -184,7 +184,10 @@ def test_metadata_that_contradicts_the_tensors_is_refused(tmp_path):
     from ettcli.stfile import read_header, write_file
 
     h = read_header(tmp_path / "t.safetensors")
-    write_file(tmp_path / "lie.safetensors", [(n, Source.of_file(h.path, i)) for n, i in h.tensors.items()],
-               {**h.metadata, "ett.arch": "cifar_resnet_20"})
+    write_file(
+        tmp_path / "lie.safetensors",
+        [(n, Source.of_file(h.path, i)) for n, i in h.tensors.items()],
+        {**h.metadata, "ett.arch": "cifar_resnet_20"},
+    )
     with pytest.raises(EttError, match="metadata says ett.arch=cifar_resnet_20"):
         read_ticket(tmp_path / "lie.safetensors")
