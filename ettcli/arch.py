@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from ettcli.errors import EttError
+from ettcli.registry import Registry
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -44,14 +45,11 @@ class Family:
     default_block: str
 
 
-FAMILIES: dict[str, Family] = {}
+FAMILIES: Registry[Family] = Registry("family")
 
 
 def register(family: Family) -> Family:
-    if family.name in FAMILIES:
-        raise ValueError(f"family {family.name} registered twice")
-    FAMILIES[family.name] = family
-    return family
+    return FAMILIES.register(family.name, family)
 
 
 CIFAR_RESNET = register(

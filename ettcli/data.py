@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ettcli.errors import EttError
+from ettcli.registry import Registry
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,15 +57,12 @@ class DatasetSpec:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
-DATASETS: dict[str, DatasetSpec] = {}
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
 def register(spec: DatasetSpec) -> DatasetSpec:
     """Add a dataset to the registry (a name registers once)."""
-    if spec.name in DATASETS:
-        raise ValueError(f"dataset {spec.name} registered twice")
-    DATASETS[spec.name] = spec
-    return spec
+    return DATASETS.register(spec.name, spec)
 
 
 register(DatasetSpec("cifar10", 10, "memory", 32, 50_000, 10_000, "cifar-10-batches-py", "CIFAR10"))
@@ -74,9 +72,7 @@ register(DatasetSpec("imagenet", 1000, "folders", 224, 1_281_167, 50_000, test_d
 
 def get_dataset(name: str) -> DatasetSpec:
     """The registered dataset called ``name``; an unknown name is an EttError listing the known ones."""
-    if name not in DATASETS:
-        raise EttError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
-    return DATASETS[name]
+    return DATASETS.lookup(name)
 
 
 def default_data_root() -> Path:

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 
 from ettcli.arch import _NAME, ArchSpec, parse_arch, parse_stages
 from ettcli.errors import EttError
+from ettcli.registry import Registry
 
 # --- presets ---------------------------------------------------------------------------------------------
 
@@ -101,14 +102,11 @@ def _head(n: int, m: int) -> list[int]:
     return list(range(n - m + 1, n + 1))
 
 
-PRESETS: dict[str, Preset] = {}
+PRESETS: Registry[Preset] = Registry("preset")
 
 
 def register_preset(preset: Preset) -> Preset:
-    if preset.name in PRESETS:
-        raise ValueError(f"preset {preset.name} registered twice")
-    PRESETS[preset.name] = preset
-    return preset
+    return PRESETS.register(preset.name, preset)
 
 
 register_preset(
@@ -344,9 +342,7 @@ def _check_shapes(source: ArchSpec, target: ArchSpec, s: int, i: int, j: int, to
 
 def build_plan(source: ArchSpec, target: ArchSpec, preset: str) -> Plan:
     """The plan a preset makes for ``source`` -> ``target`` (every stage must go the preset's way)."""
-    if preset not in PRESETS:
-        raise EttError(f"unknown preset '{preset}'; known: {', '.join(PRESETS)}")
-    p = PRESETS[preset]
+    p = PRESETS.lookup(preset)
     check_direction(source, target, p.verb)
     fill = []
     for s, (a, b) in enumerate(zip(source.stages, target.stages)):

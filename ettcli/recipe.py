@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from ettcli.errors import EttError
+from ettcli.registry import Registry
 from ettcli.steps import Step, parse_step
 
 
@@ -81,14 +82,11 @@ def _scale(step: Step, f: Fraction, per_epoch: int) -> Step:
     return Step(its // per_epoch, its % per_epoch)
 
 
-RECIPES: dict[str, Recipe] = {}
+RECIPES: Registry[Recipe] = Registry("training recipe")
 
 
 def register(family: str, recipe: Recipe) -> Recipe:
-    if family in RECIPES:
-        raise ValueError(f"recipe for {family} registered twice")
-    RECIPES[family] = recipe
-    return recipe
+    return RECIPES.register(family, recipe)
 
 
 _CIFAR = Recipe("cifar10", 160, 128, 0.1, 0.9, 1e-4, (Step(80), Step(120)), 0.1)
@@ -98,9 +96,7 @@ register("imagenet_resnet", Recipe("imagenet", 90, 1024, 0.4, 0.9, 1e-4, (Step(3
 
 
 def recipe_for(family: str) -> Recipe:
-    if family not in RECIPES:
-        raise EttError(f"no training recipe for family '{family}'; known: {', '.join(RECIPES)}")
-    return RECIPES[family]
+    return RECIPES.lookup(family)
 
 
 def parse_steps(text: str) -> tuple[Step, ...]:
