@@ -33,6 +33,7 @@ from ettcli.registry import Registry
 
 if TYPE_CHECKING:
     import numpy as np
+    from PIL import Image
 
 # open_lth normalises CIFAR with the ImageNet statistics, and so does ett (DESIGN.md section 6).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,6 +56,7 @@ class DatasetSpec:
     test_dirs: tuple[str, ...] = ("test",)  # accepted names of the held-out split's folder
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    recipe: str = "cifar"  # the training recipe for this data (ettcli.recipe.RECIPES)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -67,7 +69,7 @@ def register(spec: DatasetSpec) -> DatasetSpec:
 
 register(DatasetSpec("cifar10", 10, "memory", 32, 50_000, 10_000, "cifar-10-batches-py", "CIFAR10"))
 register(DatasetSpec("cifar100", 100, "memory", 32, 50_000, 10_000, "cifar-100-python", "CIFAR100"))
-register(DatasetSpec("imagenet", 1000, "folders", 224, 1_281_167, 50_000, test_dirs=("val", "test")))
+register(DatasetSpec("imagenet", 1000, "folders", 224, 1_281_167, 50_000, test_dirs=("val", "test"), recipe="imagenet"))
 
 
 def get_dataset(name: str) -> DatasetSpec:
@@ -171,15 +173,25 @@ def download_dataset(spec: DatasetSpec, root: Path) -> None:
     """Fetch a dataset with torchvision's downloader into ``root`` (needs the internet)."""
     if not spec.torchvision_class:
         raise EttError(f"{spec.name} cannot be downloaded by ett; place its image folders under --data-root")
+    import shutil
+
     import torchvision
 
+    created = [p for p in (root, *root.parents) if not p.exists()]
     root.mkdir(parents=True, exist_ok=True)
     cls = getattr(torchvision.datasets, spec.torchvision_class)
     try:
         for train in (True, False):
             cls(str(root), train=train, download=True)
-    except Exception as exc:  # network errors come in many types
-        raise EttError(f"downloading {spec.name} into {root} failed: {exc}") from None
+    except BaseException as exc:  # network errors come in many types; an interrupt cleans up too
+        if created:  # leave no empty or half-downloaded folder that ett made
+            shutil.rmtree(created[-1], ignore_errors=True)
+        if not isinstance(exc, Exception):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EttError(
+            f"downloading {spec.name} into {root} failed ({reason}); check the network or --data-root"
+        ) from None
 
 
 def _read_batches(spec: DatasetSpec, folder: Path) -> InMemory:
@@ -263,15 +275,29 @@ def _listing_key(spec: DatasetSpec, folder: Path, listing: dict) -> str:
     return h.hexdigest()[:16]
 
 
+def open_image(path) -> Image.Image:
+    """Decode one image as RGB; an unreadable or damaged file is an EttError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except UnidentifiedImageError:
+        raise EttError(
+            f"{path}: cannot decode this image (not a format Pillow reads); replace or remove the file"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EttError(f"{path}: cannot decode this image ({reason}); replace or remove the file") from None
+
+
 def _decode_chunk(args: tuple[list[str], int]) -> np.ndarray:
     import numpy as np
-    from PIL import Image
 
     files, size = args
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, f in enumerate(files):
-        with Image.open(f) as im:
-            arr = np.asarray(im.convert("RGB"))
+        arr = np.asarray(open_image(f))
         if arr.shape != (size, size, 3):
             raise EttError(f"{f}: image is {arr.shape[1]}x{arr.shape[0]}, expected {size}x{size}")
         out[i] = arr
@@ -320,4 +346,7 @@ def folder_datasets(spec: DatasetSpec, root: str | os.PathLike, expect_classes: 
     test_tf = transforms.Compose(
         [transforms.Resize(resize), transforms.CenterCrop(spec.image_size), transforms.ToTensor(), normalize]
     )
-    return datasets.ImageFolder(str(folder / "train"), train_tf), datasets.ImageFolder(str(test_dir), test_tf)
+    return (
+        datasets.ImageFolder(str(folder / "train"), train_tf, loader=open_image),
+        datasets.ImageFolder(str(test_dir), test_tf, loader=open_image),
+    )

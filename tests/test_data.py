@@ -152,7 +152,12 @@ def test_download_goes_through_torchvision(tmp_path, monkeypatch):
             raise OSError("network is unreachable")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
-    with pytest.raises(EttError, match="downloading cifar10 into .* failed: network is unreachable"):
-        load_memory_dataset(get_dataset("cifar10"), tmp_path / "other", download=True)
+    with pytest.raises(EttError, match=r"downloading cifar10 into .* failed \(network is unreachable\)"):
+        load_memory_dataset(get_dataset("cifar10"), tmp_path / "other" / "cifar", download=True)
+    assert not (tmp_path / "other").exists()  # no empty data root left behind
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(EttError, match="failed"):
+        load_memory_dataset(get_dataset("cifar10"), tmp_path / "mine", download=True)
+    assert (tmp_path / "mine").is_dir()  # a folder the user made stays
     with pytest.raises(EttError, match="imagenet cannot be downloaded"):
         load_memory_dataset(get_dataset("imagenet"), tmp_path / "x", download=True)
