@@ -24,8 +24,8 @@ import numpy as np
 
 def make_ticket(path: Path) -> int:
     from ettcli.arch import parse_arch
-    from ettcli.commands.tickets import init_ticket
     from ettcli.mask import Mask
+    from ettcli.models import init_ticket
 
     ticket = init_ticket(parse_arch("imagenet_resnet_34", num_classes=1000), seed=0)
     rng = np.random.default_rng(0)

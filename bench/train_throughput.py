@@ -2,7 +2,7 @@
 
 The plain loop is what open_lth and ElasticLTH do: in-memory uint8 images through PIL transforms
 (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize) in a DataLoader, fp32, NCHW, the
-mask multiplied into the weights before each forward. ``ett``'s loop is ``ettcli.train.train`` itself (the
+mask multiplied into the weights before each forward. ``ett``'s loop is ``ettcli.train.run_loop`` itself (the
 data resident as uint8 on the device, batched augmentation, channels_last, auto precision), run for two
 epochs of the same images; the second epoch's rate is reported (the first pays for warm-up).
 
@@ -28,11 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from ettcli.arch import parse_arch
-from ettcli.commands.tickets import init_ticket
 from ettcli.data import IMAGENET_MEAN, IMAGENET_STD, InMemory, get_dataset, load_memory_dataset
+from ettcli.feeders import MemoryFeeder
+from ettcli.models import init_ticket
 from ettcli.pruning import magnitude_masks
 from ettcli.recipe import customise, recipe_for
-from ettcli.train import MemoryFeeder, TrainConfig, prepare_out, resolve_precision, train
+from ettcli.runs import RunFolder
+from ettcli.train import Hooks, LoopConfig, resolve_precision, run_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -52,24 +54,26 @@ def load_images(n: int, tmp: Path) -> tuple[np.ndarray, np.ndarray, str]:
 
 def make_ticket(arch: str):
     ticket = init_ticket(parse_arch(arch), seed=0)
+    return ticket.with_masks(magnitude_masks(ticket, 0.8)) if hasattr(ticket, "with_masks") else _masked(ticket)
+
+
+def _masked(ticket):
     ticket.masks = magnitude_masks(ticket, 0.8)
     return ticket
 
 
 def ett_loop(arch: str, x, y, device: str, tmp: Path, compile_: bool = False) -> tuple[float, str]:
-    """Images/s of ``ettcli.train.train`` over the second of two epochs."""
+    """Images/s of ``ettcli.train.run_loop`` over the second of two epochs."""
     ticket = make_ticket(arch)
     prec = resolve_precision("auto", device)
     data = InMemory(x, y, x[:1000], y[:1000], [], "bench")
     feeder = MemoryFeeder(data, get_dataset("cifar10"), BATCH, torch.device(device), 0)
-    recipe = customise(recipe_for("cifar_resnet"), feeder.per_epoch, epochs=2)
-    cfg = TrainConfig("bench", "", arch, "cifar10", recipe.as_dict(), "0it", 0, device, prec, compile_, 1)
-    out = Path(tempfile.mkdtemp(dir=tmp))
-    train(cfg, recipe, ticket, feeder, out, prepare_out(out, cfg, False))
-    import json
-
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return rows[-1]["images_per_second"], prec + (" compiled" if compile_ else "")
+    recipe = customise(recipe_for("cifar10"), feeder.per_epoch, epochs=2)
+    cfg = LoopConfig(recipe, 0, recipe.total_iterations(feeder.per_epoch), None, device, prec, compile_, False)
+    run = RunFolder(Path(tempfile.mkdtemp(dir=tmp)), {"bench": arch})
+    run.begin(fresh=True)
+    run_loop(ticket, cfg, feeder, run, False, Hooks())
+    return run.metrics()[-1]["images_per_second"], prec + (" compiled" if compile_ else "")
 
 
 class _PilDataset(torch.utils.data.Dataset):

@@ -41,8 +41,8 @@ save_file({new: tensors[old] for new, old in pairs}, dst)
 
 def make_ticket(arch: str, classes: int, path: Path) -> None:
     from ettcli.arch import parse_arch
-    from ettcli.commands.tickets import init_ticket
     from ettcli.mask import Mask
+    from ettcli.models import init_ticket
 
     ticket = init_ticket(parse_arch(arch, num_classes=classes), seed=0)
     rng = np.random.default_rng(0)

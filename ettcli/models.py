@@ -8,12 +8,21 @@ gamma ~ U(0, 1) and beta = 0.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ettcli.arch import ArchSpec
 from ettcli.errors import EttError
+from ettcli.mask import Mask
+
+if TYPE_CHECKING:
+    from ettcli.ticket import Ticket
 
 
 class CifarBlock(nn.Module):
@@ -207,3 +216,72 @@ def build_model(spec: ArchSpec, seed: int | None = 0, init: bool = True) -> nn.M
             raise EttError(f"no model can be built with key prefix '{spec.prefix}'")
         model = Prefixed(model)
     return model
+
+
+# --- the ticket <-> model bridge ---------------------------------------------------------------------------------
+class Masker:
+    """A ticket's masks beside a model's parameters; :meth:`apply` zeroes every pruned weight in place.
+
+    Each mask has its parameter's dtype, device and memory layout (channels_last included), so one
+    ``_foreach_mul_`` over all of them stays on the fast path.
+    """
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, Mask | np.ndarray]):
+        params = dict(model.named_parameters())
+        self.params, self.masks = [], []
+        for name, m in masks.items():
+            if name not in params:
+                raise EttError(f"mask '{name}_mask' has no parameter '{name}' in the model")
+            p = params[name]
+            values = torch.from_numpy(np.array(m.array if isinstance(m, Mask) else m))
+            mask = torch.empty_like(p, requires_grad=False)  # same strides as the parameter
+            mask.copy_(values)
+            self.params.append(p)
+            self.masks.append(mask)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        if self.params:
+            torch._foreach_mul_(self.params, self.masks)
+
+
+def model_from_ticket(ticket: Ticket, device: str | torch.device = "cpu") -> nn.Module:
+    """A model of the ticket's architecture holding its tensors (``strict=True``), pruned weights zeroed."""
+    model = build_model(ticket.arch, seed=None, init=False)
+    state = {k: torch.from_numpy(np.array(v)) for k, v in ticket.arrays()}
+    model.load_state_dict(state, strict=True)
+    model.to(device)
+    Masker(model, ticket.masks).apply()
+    return model
+
+
+def ticket_from_model(
+    model: nn.Module, masks: Mapping[str, Mask] | None = None, metadata: Mapping[str, str] | None = None
+) -> Ticket:
+    """A ticket of the model's ``state_dict()`` (float32 master weights, buffers included) under ``masks``."""
+    from ettcli.ticket import Ticket
+
+    arrays = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
+    return Ticket.from_arrays(arrays, masks or {}, metadata or {})
+
+
+def init_ticket(spec: ArchSpec, seed: int) -> Ticket:
+    """A dense ticket of ``spec`` with open_lth's initialisation, seeded; its rewind step is 0."""
+    metadata = {"ett.seed": str(seed), "ett.init": "open_lth kaiming_normal", "ett.rewind_step": "0it"}
+    return ticket_from_model(build_model(spec, seed=seed), metadata=metadata)
+
+
+def load_model(ticket: Ticket | str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """A ready ``nn.Module`` from a ticket or a ticket file: its weights, masks applied (pruned weights 0).
+
+    The masks are applied once; to keep pruned weights at zero while training, use :class:`Masker` and
+    call ``apply()`` after every optimizer step::
+
+        model = ettcli.load_model("r56.safetensors")
+        masker = ettcli.models.Masker(model, ettcli.read_ticket("r56.safetensors").masks)
+    """
+    from ettcli.ticket import read_ticket
+
+    if not hasattr(ticket, "arch"):
+        ticket = read_ticket(ticket)
+    return model_from_ticket(ticket, device)

@@ -1,4 +1,10 @@
-"""Training recipes: open_lth's defaults per family (DESIGN.md section 6), each overridable.
+"""Training recipes: open_lth's defaults, chosen by the dataset, each overridable.
+
+The recipe follows the data a ticket is trained on (CIFAR-10/100: 160 epochs at batch 128, lr 0.1, x0.1 at
+80 and 120 epochs; ImageNet: 90 epochs at batch 1024, lr 0.4 with 5 warmup epochs, x0.1 at 30, 60, 80), not
+the network: an ImageNet-style ResNet trained on CIFAR-10 gets the CIFAR recipe. What does depend on the
+family is kept apart in :data:`FAMILY_DEFAULTS`: the dataset a family is trained on when none is named, and
+the rewind step IMP uses (1000 iterations for CIFAR ResNets, 200 for CIFAR VGG, 5 epochs on ImageNet).
 
 A :class:`Recipe` is a frozen dataclass in epochs and steps; the learning-rate schedule it describes is a
 pure function of the iteration (:meth:`Recipe.lr_at`), so starting at a rewind step or resuming from a
@@ -12,10 +18,11 @@ and 3 of 4 epochs.
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
-from ettcli.errors import EttError
+from ettcli.errors import EttError, warn
 from ettcli.registry import Registry
 from ettcli.steps import Step, parse_step
 
@@ -24,7 +31,8 @@ from ettcli.steps import Step, parse_step
 class Recipe:
     """One training recipe. Steps are ``Step`` values (``80ep``, ``1000it``, ``2ep218it``)."""
 
-    dataset: str  # default dataset of the family
+    name: str  # registry name, e.g. "cifar"
+    summary: str  # where it comes from, for the run header
     epochs: int  # training length, epochs
     batch_size: int  # images per optimizer step, over all processes
     lr: float  # peak learning rate
@@ -37,7 +45,7 @@ class Recipe:
     def scaled(self, epochs: int, per_epoch: int) -> Recipe:
         """The same schedule shape over ``epochs`` epochs (milestones and warmup at the same fractions)."""
         if epochs <= 0:
-            raise EttError(f"--epochs {epochs}: training needs at least 1 epoch")
+            raise EttError(f"epochs {epochs}: training needs at least 1 epoch")
         if epochs == self.epochs:
             return self
         f = Fraction(epochs, self.epochs)
@@ -62,9 +70,18 @@ class Recipe:
             factor *= min(1.0, it / warm)
         return self.lr * factor
 
+    def describe(self) -> str:
+        """One line for the start of a run: the recipe's name, origin and every value."""
+        ms = ",".join(str(m) for m in self.milestones) or "none"
+        warm = f", warmup {self.warmup}" if self.warmup != Step() else ""
+        return (
+            f"recipe {self.name} ({self.summary}): {self.epochs} epoch{'s' * (self.epochs != 1)}, batch {self.batch_size}, SGD lr {self.lr:g} "
+            f"momentum {self.momentum:g}, weight decay {self.weight_decay:g}, lr x{self.gamma:g} at {ms}{warm}"
+        )
+
     def as_dict(self) -> dict:
         return {
-            "dataset": self.dataset,
+            "name": self.name,
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "lr": self.lr,
@@ -85,18 +102,37 @@ def _scale(step: Step, f: Fraction, per_epoch: int) -> Step:
 RECIPES: Registry[Recipe] = Registry("training recipe")
 
 
-def register(family: str, recipe: Recipe) -> Recipe:
-    return RECIPES.register(family, recipe)
+def register(recipe: Recipe) -> Recipe:
+    return RECIPES.register(recipe.name, recipe)
 
 
-_CIFAR = Recipe("cifar10", 160, 128, 0.1, 0.9, 1e-4, (Step(80), Step(120)), 0.1)
-register("cifar_resnet", _CIFAR)
-register("cifar_vgg", _CIFAR)
-register("imagenet_resnet", Recipe("imagenet", 90, 1024, 0.4, 0.9, 1e-4, (Step(30), Step(60), Step(80)), 0.1, Step(5)))
+register(Recipe("cifar", "open_lth's CIFAR recipe", 160, 128, 0.1, 0.9, 1e-4, (Step(80), Step(120)), 0.1))
+register(
+    Recipe(
+        "imagenet", "open_lth's ImageNet recipe", 90, 1024, 0.4, 0.9, 1e-4, (Step(30), Step(60), Step(80)), 0.1, Step(5)
+    )
+)
 
 
-def recipe_for(family: str) -> Recipe:
-    return RECIPES.lookup(family)
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """What depends on the network family rather than the data."""
+
+    dataset: str  # trained on when no dataset is named
+    rewind: Step  # IMP's default rewind step
+
+
+FAMILY_DEFAULTS: Registry[FamilyDefaults] = Registry("family")
+FAMILY_DEFAULTS.register("cifar_resnet", FamilyDefaults("cifar10", Step(0, 1000)))
+FAMILY_DEFAULTS.register("cifar_vgg", FamilyDefaults("cifar10", Step(0, 200)))
+FAMILY_DEFAULTS.register("imagenet_resnet", FamilyDefaults("imagenet", Step(5, 0)))
+
+
+def recipe_for(dataset: str) -> Recipe:
+    """The recipe of a registered dataset (its ``recipe`` field names one in :data:`RECIPES`)."""
+    from ettcli.data import get_dataset
+
+    return RECIPES.lookup(get_dataset(dataset).recipe)
 
 
 def parse_steps(text: str) -> tuple[Step, ...]:
@@ -126,26 +162,36 @@ def customise(
     weight_decay: float | None = None,
     warmup: str | None = None,
 ) -> Recipe:
-    """Apply command-line overrides (``per_epoch``: iterations in one epoch at the final batch size).
+    """Apply overrides (``per_epoch``: iterations in one epoch at the final batch size).
 
-    ``epochs`` scales the schedule first, so explicit milestones and a warmup are taken as given.
+    ``epochs`` scales the schedule first, so explicit milestones and a warmup are taken as given. Values
+    that cannot train (non-finite or out of range) are an EttError; milestones out of order or past the
+    end are accepted with a warning.
     """
     if epochs is not None:
         recipe = recipe.scaled(epochs, per_epoch)
     if batch_size is not None:
         if batch_size <= 0:
-            raise EttError(f"--batch-size {batch_size}: must be at least 1")
+            raise EttError(f"batch size {batch_size}: must be at least 1")
         recipe = replace(recipe, batch_size=batch_size)
     if lr is not None:
-        if lr <= 0:
-            raise EttError(f"--lr {lr}: must be positive")
+        if not math.isfinite(lr) or lr <= 0:
+            raise EttError(f"learning rate {lr}: must be a positive finite number")
         recipe = replace(recipe, lr=lr)
-    if milestones is not None:
-        recipe = replace(recipe, milestones=parse_steps(milestones))
     if weight_decay is not None:
-        if weight_decay < 0:
-            raise EttError(f"--weight-decay {weight_decay}: must be 0 or more")
+        if not math.isfinite(weight_decay) or weight_decay < 0:
+            raise EttError(f"weight decay {weight_decay}: must be a finite number, 0 or more")
         recipe = replace(recipe, weight_decay=weight_decay)
     if warmup is not None:
         recipe = replace(recipe, warmup=parse_warmup(warmup))
+    if milestones is not None:
+        steps = parse_steps(milestones)
+        its = [m.iterations(per_epoch) for m in steps]
+        if its != sorted(its):
+            warn(f"milestones {milestones} are not in order; the lr drops at each of them in order of steps")
+        end = recipe.total_iterations(per_epoch)
+        late = [str(m) for m, i in zip(steps, its) if i >= end]
+        if late:
+            warn(f"milestone {', '.join(late)} is at or past the end of training ({recipe.epochs}ep); it never applies")
+        recipe = replace(recipe, milestones=steps)
     return recipe

@@ -85,6 +85,24 @@ class Ticket:
         """The mask of a tensor (all ones where the tensor has none)."""
         return self.masks.get(name) or Mask.ones_like(self.tensors[name].shape)
 
+    def fingerprint(self) -> str:
+        """sha256 of the ticket's content: every tensor's and mask's name, dtype, shape and values.
+
+        Independent of the file layout it was read from (a safetensors file, a ``.pt``, an open_lth folder
+        with its mask file), so it identifies what a training run starts from.
+        """
+        import hashlib
+
+        h = hashlib.sha256(b"ett-ticket-v1\n")
+        for name, arr in sorted(self.arrays(), key=lambda kv: kv[0]):
+            arr = np.ascontiguousarray(arr)
+            h.update(f"{name}\t{arr.dtype.str}\t{arr.shape}\n".encode())
+            h.update(arr.tobytes())
+        for name in sorted(self.masks):
+            h.update(f"{name}_mask\n".encode())
+            h.update(np.packbits(self.masks[name].array).tobytes())
+        return h.hexdigest()
+
     @property
     def arch(self) -> ArchSpec:
         assert self.spec is not None

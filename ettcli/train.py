@@ -1,85 +1,92 @@
-"""Masked training of a ticket: faithful to open_lth's recipe, resumable, and quick on CPUs and GPUs.
+"""Masked training of a ticket: faithful to open_lth's recipes, resumable, quick on CPUs and GPUs.
 
-Read top to bottom:
+:func:`train_ticket` is the one entry point: ``ett train``, IMP levels and study jobs all call it. Read top
+to bottom:
 
-1. :class:`TrainConfig` holds every setting that shapes the result; its hash names the run folder and a
-   folder that holds a different config is refused.
-2. Feeders yield normalised batches. CIFAR lives on the device as uint8 and is augmented in batches there
-   (random 32x32 crops of the zero-padded image, horizontal flips); the order and the augmentation of
-   every epoch come from a generator seeded by (seed, epoch), so any step can be reproduced without
-   replaying the ones before it. ImageNet streams through a DataLoader with workers.
-3. :func:`train` runs the loop: the lr is set per iteration from the recipe, masks are re-applied after
-   every optimizer step and after every load, loss and accuracy accumulate on the device and are read once
-   per epoch, and a checkpoint is written atomically after every epoch (and at the current step on Ctrl-C).
-
-Only this module and the ``train`` command import torch.
+1. :class:`TrainSettings`: how to train (recipe overrides, seed, device, precision, ...), shared by every
+   caller; ``None`` means the recipe's value.
+2. :func:`train_ticket` resolves them against the ticket and the data (dataset, recipe, start and end
+   steps, device and precision), names the run by an identity that covers the ticket's content, asks the
+   :class:`~ettcli.runs.RunFolder` whether that run is fresh, resumable or finished, and builds a feeder.
+3. :func:`run_loop` trains: the lr is set per iteration from the recipe, masks are re-applied after every
+   optimizer step, loss and accuracy accumulate on the device and are read once per epoch, a checkpoint
+   (:class:`LoopState` plus model and optimizer) is written after every epoch, and a stop request (a
+   signal, or ``hooks.stop``) writes one at the current step.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ettcli.data import DatasetSpec, InMemory
 from ettcli.errors import EttError
-from ettcli.recipe import Recipe
-from ettcli.steps import format_step
-from ettcli.stfile import atomic_path
+from ettcli.feeders import Feeder, FolderFeeder, MemoryFeeder, iterations_per_epoch
+from ettcli.models import Masker, build_model, model_from_ticket, ticket_from_model
+from ettcli.recipe import FAMILY_DEFAULTS, Recipe, customise, recipe_for
+from ettcli.runs import FINAL, REWIND, SUMMARY, RunFolder, stem_of
+from ettcli.steps import Step, format_step, parse_step
+from ettcli.ticket import Ticket, read_ticket
 
-CHECKPOINT = "checkpoint.pt"
-FINAL = "final.safetensors"
-CONFIG = "config.json"
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
-EVAL_BATCH = 1000
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
 
 
-# --- configuration -------------------------------------------------------------------------------------------
+# --- settings --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of one run. ``identity()`` (all but where files live) decides if two runs are the same."""
+class TrainSettings:
+    """How to train a ticket. ``None`` takes the recipe's (or the environment's) value."""
 
-    ticket: str  # path of the input ticket
-    ticket_sha256: str
-    arch: str
-    dataset: str
-    recipe: dict  # Recipe.as_dict()
-    start_step: str  # where training starts (the ticket's rewind step unless --from-step)
-    seed: int  # data order and augmentation
-    device: str  # "cpu" or "cuda" (resolved)
-    precision: str  # "fp32", "bf16" or "fp16" (resolved)
-    compile: bool
-    world_size: int
-    data_root: str = field(default="", compare=False)
-    workers: int = field(default=0, compare=False)
+    dataset: str | None = None  # default: the ticket's ett.dataset, else its family's dataset
+    data_root: str | None = None  # default: $ETT_DATA, else ~/.cache/ett/data
+    download: bool = False  # fetch CIFAR with torchvision first
+    epochs: int | None = None  # training length; milestones and warmup keep their fractions
+    batch_size: int | None = None  # images per optimizer step, over all processes
+    lr: float | None = None  # peak learning rate
+    milestones: str | None = None  # steps where lr *= gamma, e.g. "80ep,120ep"
+    weight_decay: float | None = None
+    warmup: str | None = None  # linear warmup length, e.g. "5ep"
+    seed: int = 0  # data order and augmentation
+    device: str = "auto"  # auto, cpu or cuda
+    precision: str = "auto"  # auto, fp32, bf16 or fp16
+    compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # synchronise BatchNorm statistics across processes
+    workers: int | None = None  # DataLoader workers (image folders)
+    threads: int | None = None  # CPU threads (default: the cores this process may use)
 
-    def identity(self) -> dict:
-        d = asdict(self)
-        for k in ("data_root", "workers", "ticket"):
-            d.pop(k)
-        return d
-
-    def short_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
+    def check(self) -> None:
+        """Refuse values that cannot train, before any work is done."""
+        if self.epochs is not None and self.epochs <= 0:
+            raise EttError(f"epochs {self.epochs}: training needs at least 1 epoch")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise EttError(f"{name.replace('_', ' ')} {value}: must be a finite number")
+        if self.workers is not None and self.workers < 0:
+            raise EttError(f"workers {self.workers}: must be 0 (load in the main process) or more")
+        if self.threads is not None and self.threads < 1:
+            raise EttError(f"threads {self.threads}: must be at least 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise EttError(f"device {self.device}: choose auto, cpu or cuda")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise EttError(f"precision {self.precision}: choose auto, fp32, bf16 or fp16")
 
 
 def resolve_device(choice: str) -> str:
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():
-        raise EttError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+        raise EttError("device cuda: no CUDA device is available here; use cpu or auto")
     if choice not in ("cpu", "cuda"):
-        raise EttError(f"--device {choice}: choose auto, cpu or cuda")
+        raise EttError(f"device {choice}: choose auto, cpu or cuda")
     return choice
 
 
@@ -92,219 +99,304 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(choice: str, device: str) -> str:
-    """``auto``: bf16 on GPUs that have it (else fp16), bf16 on CPUs with native bf16 (else fp32).
+    """``auto``: bf16 where the hardware has native bf16 (GPUs from Ampere on, CPUs with AVX512-BF16 or AMX),
+    else fp16 on GPUs (V100, T4 emulate bf16 slowly) and fp32 on CPUs.
 
     Measured on an AMD EPYC with AVX512-BF16 (2 cores): CIFAR ResNet-20 trains about 1.7x faster in bf16
-    than in fp32, so auto picks bf16 there; CPUs without native bf16 emulate it slowly and get fp32.
+    than in fp32; BENCHMARKS.md has the accuracy effect.
     """
     if choice not in ("auto", "fp32", "bf16", "fp16"):
-        raise EttError(f"--precision {choice}: choose auto, fp32, bf16 or fp16")
+        raise EttError(f"precision {choice}: choose auto, fp32, bf16 or fp16")
     if choice != "auto":
         if choice == "fp16" and device == "cpu":
-            raise EttError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+            raise EttError("precision fp16 needs a GPU; on a CPU use bf16 or fp32")
         return choice
     if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
-def iterations_per_epoch(n: int, batch: int, world: int = 1) -> int:
-    """open_lth keeps the last partial batch (50,000 / 128 -> 391); one smaller than the process count is dropped."""
-    full, rest = divmod(n, batch)
-    return full + (1 if rest >= max(world, 1) else 0)
+def default_threads() -> int:
+    """The cores this process may run on (its CPU affinity), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
-# --- feeders ---------------------------------------------------------------------------------------------------
-def epoch_plan(seed: int, epoch: int, n: int, pad: int) -> dict[str, torch.Tensor]:
-    """The order and the augmentation of one epoch: a permutation and per-position shifts and flips."""
-    g = torch.Generator().manual_seed(_mix(seed, epoch))
-    return {
-        "order": torch.randperm(n, generator=g),
-        "dy": torch.randint(0, 2 * pad + 1, (n,), generator=g),
-        "dx": torch.randint(0, 2 * pad + 1, (n,), generator=g),
-        "flip": torch.randint(0, 2, (n,), generator=g, dtype=torch.bool),
-    }
-
-
-def _mix(seed: int, epoch: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"ett-data:{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
-
-
-class MemoryFeeder:
-    """A CIFAR-style dataset resident on the device as uint8, augmented in batches on that device."""
-
-    pad = 4
-
-    def __init__(self, data: InMemory, spec: DatasetSpec, batch: int, device: torch.device, seed: int, rank=0, world=1):
-        self.device, self.batch, self.seed, self.rank, self.world = device, batch, seed, rank, world
-        self.train_x = torch.from_numpy(data.train_x).to(device)  # (N, H, W, 3) uint8
-        self.train_y = torch.from_numpy(data.train_y).to(device)
-        self.test_x = torch.from_numpy(data.test_x).to(device)
-        self.test_y = torch.from_numpy(data.test_y).to(device)
-        self.n = len(self.train_y)
-        self.per_epoch = iterations_per_epoch(self.n, batch, world)
-        side = data.train_x.shape[1]
-        # x_norm = x_uint8 * scale + shift, folded from (x / 255 - mean) / std
-        std = torch.tensor(spec.std, device=device)
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = -torch.tensor(spec.mean, device=device) / std
-        self.ar = torch.arange(side, device=device)
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 -> (B, 3, H, W) float, channels_last in memory (a permute of NHWC)."""
-        return (x.float() * self.scale + self.shift).permute(0, 3, 1, 2)
-
-    def augment(self, x: torch.Tensor, dy, dx, flip) -> torch.Tensor:
-        """Random crop of the zero-padded image (torchvision's RandomCrop(32, padding=4)) and flip, batched."""
-        b, h, w, c = x.shape
-        p = self.pad
-        padded = x.new_zeros((b, h + 2 * p, w + 2 * p, c))
-        padded[:, p : p + h, p : p + w] = x
-        rows = dy[:, None] + self.ar[None, :h]  # (B, H)
-        cols = torch.where(flip[:, None], dx[:, None] + (w - 1 - self.ar[None, :w]), dx[:, None] + self.ar[None, :w])
-        bi = torch.arange(b, device=x.device)[:, None, None]
-        return padded[bi, rows[:, :, None], cols[:, None, :]]  # (B, H, W, 3)
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's share of iterations ``start..per_epoch-1`` of ``epoch``."""
-        plan = {
-            k: v.to(self.device, non_blocking=True) for k, v in epoch_plan(self.seed, epoch, self.n, self.pad).items()
-        }
-        for it in range(start, self.per_epoch):
-            sl = slice(it * self.batch, min((it + 1) * self.batch, self.n))
-            pos = torch.arange(sl.start, sl.stop, device=self.device)[self.rank :: self.world]
-            idx = plan["order"][pos]
-            x = self.augment(self.train_x[idx], plan["dy"][pos], plan["dx"][pos], plan["flip"][pos])
-            yield self.normalise(x), self.train_y[idx]
-
-    def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.test_y)
-        for s in range(self.rank * EVAL_BATCH, n, EVAL_BATCH * self.world):
-            yield self.normalise(self.test_x[s : s + EVAL_BATCH]), self.test_y[s : s + EVAL_BATCH]
-
-
-class _EpochSampler(torch.utils.data.Sampler):
-    """Indices of one epoch from the seeded order, this rank's share of each batch, from a given iteration."""
-
-    def __init__(self, n: int, batch: int, seed: int, rank: int, world: int):
-        self.n, self.batch, self.seed, self.rank, self.world = n, batch, seed, rank, world
-        self.per_epoch = iterations_per_epoch(n, batch, world)
-        self.epoch, self.start = 0, 0
-
-    def __iter__(self):
-        order = epoch_plan(self.seed, self.epoch, self.n, 0)["order"]
-        for it in range(self.start, self.per_epoch):
-            yield order[it * self.batch : (it + 1) * self.batch][self.rank :: self.world].tolist()
-
-    def __len__(self):
-        return self.per_epoch - self.start
-
-
-class FolderFeeder:
-    """Image folders (ImageNet) through a DataLoader with workers; per-image augmentation runs in the workers."""
-
-    def __init__(self, train_ds, test_ds, batch: int, device: torch.device, seed: int, workers: int, rank=0, world=1):
-        self.device, self.rank, self.world = device, rank, world
-        self.sampler = _EpochSampler(len(train_ds), batch, seed, rank, world)
-        self.per_epoch = self.sampler.per_epoch
-        pin = device.type == "cuda"
-        self.train = torch.utils.data.DataLoader(
-            train_ds, batch_sampler=self.sampler, num_workers=workers, pin_memory=pin, persistent_workers=False
-        )
-        shard = torch.utils.data.Subset(test_ds, range(rank, len(test_ds), world))
-        self.test = torch.utils.data.DataLoader(shard, batch_size=max(1, batch // max(world, 1)), num_workers=workers)
-
-    def _to(self, x, y):
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
-
-    def batches(self, epoch: int, start: int = 0):
-        self.sampler.epoch, self.sampler.start = epoch, start
-        for x, y in self.train:
-            yield self._to(x, y)
-
-    def test_batches(self):
-        for x, y in self.test:
-            yield self._to(x, y)
-
-
-# --- masks -------------------------------------------------------------------------------------------------------
-class Masker:
-    """The ticket's masks on the device; ``apply()`` zeroes every pruned weight in place."""
-
-    def __init__(self, model: torch.nn.Module, masks: dict[str, np.ndarray], device: torch.device):
-        params = dict(model.named_parameters())
-        self.params, self.masks = [], []
-        for name, m in masks.items():
-            p = params[name]
-            self.params.append(p)
-            self.masks.append(torch.from_numpy(np.array(m)).to(device=device, dtype=p.dtype))
-
-    @torch.no_grad()
-    def apply(self) -> None:
-        if self.params:
-            torch._foreach_mul_(self.params, self.masks)
-
-
-# --- the run folder ------------------------------------------------------------------------------------------------
-def prepare_out(out: Path, cfg: TrainConfig, force: bool) -> str:
-    """Check ``out`` against ``cfg``: "fresh", "resume" or "finished"; a different run there is an EttError."""
-    cfg_path = out / CONFIG
-    if out.exists() and not out.is_dir():
-        raise EttError(f"--out {out} is a file; name a folder")
-    if cfg_path.is_file():
-        try:
-            have = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError:
-            raise EttError(f"{cfg_path}: not valid JSON; remove the folder or choose another --out") from None
-        want = cfg.identity()
-        diff = sorted(
-            k for k in set(have.get("identity", {})) | set(want) if have.get("identity", {}).get(k) != want.get(k)
-        )
-        if diff:
-            show = ", ".join(f"{k}: {have.get('identity', {}).get(k)!r} there, {want.get(k)!r} now" for k in diff[:3])
-            raise EttError(
-                f"{out} holds a run with different settings ({show}); choose another --out or remove that folder"
-            )
-        if force:
-            for name in (CHECKPOINT, METRICS, SUMMARY, FINAL):
-                (out / name).unlink(missing_ok=True)
-            return "fresh"
-        if (out / SUMMARY).is_file() and (out / FINAL).is_file():
-            return "finished"
-        if (out / CHECKPOINT).is_file():
-            return "resume"
-    elif out.is_dir() and any(p.name in (CHECKPOINT, METRICS, SUMMARY, FINAL) for p in out.iterdir()):
-        raise EttError(f"{out} holds run files but no {CONFIG}; choose another --out or remove that folder")
-    return "fresh"
-
-
-def _write_json(path: Path, obj) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-# --- the loop ------------------------------------------------------------------------------------------------------
+# --- the entry point ---------------------------------------------------------------------------------------------
 @dataclass
 class Hooks:
-    """Callbacks for progress display (the CLI renders them; the core never imports rich)."""
+    """Callbacks for the caller (the CLI renders progress with them; the core never imports rich).
+
+    ``stop(step)`` is asked after every step; returning True stops at that step boundary with a checkpoint,
+    exactly as a signal does.
+    """
 
     start: Callable[[int, int, int], None] = lambda total, per_epoch, step: None  # noqa: E731
     step: Callable[[int], None] = lambda step: None  # noqa: E731
     epoch: Callable[[dict], None] = lambda row: None  # noqa: E731
+    stop: Callable[[int], bool] = lambda step: False  # noqa: E731
+    info: Callable[[str], None] = lambda line: None  # noqa: E731
 
 
 class Interrupted(Exception):
-    """Training stopped on Ctrl-C after writing a checkpoint at ``step``."""
+    """Training stopped (a signal or ``hooks.stop``) after writing a checkpoint at ``step``."""
 
-    def __init__(self, step: str, out: Path):
+    def __init__(self, step: str, folder: Path, signum: int | None):
         super().__init__(step)
-        self.step, self.out = step, out
+        self.step, self.folder, self.signum = step, folder, signum
+
+
+@dataclass
+class TrainResult:
+    summary: dict
+    folder: Path
+    already_finished: bool
+
+
+def train_ticket(
+    ticket: Ticket | str | os.PathLike,
+    settings: TrainSettings = TrainSettings(),
+    *,
+    folder: str | os.PathLike | None = None,
+    from_step: str | None = None,
+    stop_at: str | None = None,
+    snapshot_at: str | None = None,
+    force: bool = False,
+    hooks: Hooks | None = None,
+    metadata: dict[str, str] | None = None,
+) -> TrainResult:
+    """Train ``ticket`` with its masks fixed and return the run's summary.
+
+    Args:
+        ticket: a :class:`Ticket` or a path to any layout ett reads.
+        settings: recipe overrides and how to run.
+        folder: the run folder (default ``$ETT_RUNS/<ticket stem>-<identity hash>``).
+        from_step: start here instead of the ticket's rewind step (``ett.rewind_step``, else 0).
+        stop_at: end here instead of at the end of the recipe; the final ticket then records this step as
+            its rewind step (``ett train --stop-at``: rewind-point weights for a network that never ran IMP).
+        snapshot_at: also keep the whole state at this step as ``rewind.safetensors`` (IMP's level 0).
+        force: train again even if the folder holds this run finished.
+        hooks: progress callbacks and a stop request.
+        metadata: extra metadata for the final ticket (e.g. ``ett.command``).
+
+    Under ``torchrun`` every process calls this; rank 0 writes the files.
+    """
+    settings.check()
+    hooks = hooks or Hooks()
+    path = None if isinstance(ticket, Ticket) else Path(ticket)
+    tk = ticket if isinstance(ticket, Ticket) else read_ticket(ticket)
+    path = path or tk.path
+    spec = tk.arch
+    family = FAMILY_DEFAULTS.lookup(spec.family)
+    from ettcli.data import default_data_root, get_dataset
+
+    ds = get_dataset(settings.dataset or tk.metadata.get("ett.dataset") or family.dataset)
+    if spec.num_classes != ds.num_classes:
+        head = next(n for n, t in spec.tensors.items() if t.role == "head" and n.endswith("weight"))
+        raise EttError(
+            f"{path or 'the ticket'}: its classifier has {spec.num_classes} outputs ({head} "
+            f"{list(spec.tensors[head].shape)}) but {ds.name} has {ds.num_classes} classes; pick a matching dataset"
+        )
+    start = parse_step(from_step or tk.metadata.get("ett.rewind_step") or "0it")
+    root = Path(settings.data_root).expanduser() if settings.data_root else default_data_root()
+    build_model(spec, seed=None, init=False)  # an architecture without a model fails here, before any data
+
+    rank, world, local = _dist_env()
+    dev = resolve_device(settings.device)
+    prec = resolve_precision(settings.precision, dev)
+    if settings.sync_bn and dev != "cuda":
+        raise EttError("synchronised BatchNorm needs CUDA devices; leave it off on CPUs")
+    torch.set_num_threads(settings.threads or default_threads())
+    if dev == "cuda":
+        torch.cuda.set_device(local)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    own_group = world > 1 and not torch.distributed.is_initialized()
+    if own_group:
+        torch.distributed.init_process_group("nccl" if dev == "cuda" else "gloo")
+    try:
+        device = torch.device(dev, local if dev == "cuda" else None)
+        base = recipe_for(ds.name)
+        batch = settings.batch_size or base.batch_size
+        if batch < world:
+            raise EttError(f"batch size {batch} is smaller than the {world} processes")
+        data = _load_data(ds, root, settings.download, rank, world)
+        n_train = len(data.train_y) if ds.kind == "memory" else len(data[0])
+        per_epoch = iterations_per_epoch(n_train, batch, world)
+        if per_epoch == 0:
+            raise EttError(f"{ds.name} under {root} has {n_train} training images, fewer than one batch of {batch}")
+        recipe = customise(
+            base,
+            per_epoch,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            milestones=settings.milestones,
+            weight_decay=settings.weight_decay,
+            warmup=settings.warmup,
+        )
+        total = recipe.total_iterations(per_epoch)
+        first = start.iterations(per_epoch)
+        end = parse_step(stop_at).iterations(per_epoch) if stop_at else total
+        snap = parse_step(snapshot_at).iterations(per_epoch) if snapshot_at else None
+        _check_steps(first, end, total, snap, start, per_epoch)
+        identity = {
+            "ticket": tk.fingerprint(),
+            "arch": spec.name,
+            "dataset": ds.name,
+            "recipe": recipe.as_dict(),
+            "start_step": format_step(first, per_epoch),
+            "end_step": format_step(end, per_epoch),
+            "snapshot_step": None if snap is None else format_step(snap, per_epoch),
+            "seed": settings.seed,
+            "device": dev,
+            "precision": prec,
+            "compile": settings.compile,
+            "sync_bn": settings.sync_bn,
+            "world_size": world,
+        }
+        run = RunFolder(Path(folder), identity) if folder else RunFolder.default(stem_of(path or "ticket"), identity)
+        state = "fresh" if force and run.state() != "fresh" else run.state()
+        if world > 1:
+            torch.distributed.barrier()
+        if state == "finished":
+            return TrainResult(run.summary(), run.path, True)
+        if rank == 0:
+            hooks.info(recipe.describe())
+            settings_record = {
+                **asdict(settings),
+                "data_root": str(root),
+                "ticket_path": str(path) if path else None,
+                "per_epoch": per_epoch,
+            }
+            run.begin(fresh=state == "fresh", settings=settings_record)
+        if world > 1:
+            torch.distributed.barrier()
+        workers = settings.workers if settings.workers is not None else min(8, os.cpu_count() or 1)
+        if ds.kind == "memory":
+            feeder = MemoryFeeder(data, ds, recipe.batch_size, device, settings.seed, rank, world)
+        else:
+            feeder = FolderFeeder(*data, recipe.batch_size, device, settings.seed, workers, rank, world)
+        loop = LoopConfig(recipe, first, end, snap, dev, prec, settings.compile, settings.sync_bn, rank, world)
+        summary, model = run_loop(tk, loop, feeder, run, state == "resume", hooks)
+        summary.update({"arch": spec.name, "dataset": ds.name})
+        if rank == 0:
+            meta = {k: v for k, v in tk.metadata.items() if k != "ett.rewind_step"}
+            meta.update(
+                {
+                    "ett.command": "ett train",
+                    "ett.dataset": ds.name,
+                    "ett.trained_from_step": summary["start_step"],
+                    "ett.step": summary["end_step"],
+                    "ett.recipe": json.dumps(recipe.as_dict(), sort_keys=True),
+                    "ett.seed": str(settings.seed),
+                    "ett.precision": prec,
+                    "ett.test_accuracy": f"{summary['final_test_accuracy']:.6f}",
+                    "ett.ticket_fingerprint": identity["ticket"],
+                    **(metadata or {}),
+                }
+            )
+            if stop_at:
+                meta["ett.rewind_step"] = summary["end_step"]
+            ticket_from_model(model, tk.masks, meta).save(run.file(FINAL))
+            run.write_json(SUMMARY, summary)
+        if world > 1:
+            torch.distributed.barrier()  # rank 0's files are complete before anyone returns
+        return TrainResult(summary, run.path, False)
+    finally:
+        if own_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _check_steps(first: int, end: int, total: int, snap: int | None, start: Step, per_epoch: int) -> None:
+    if first >= total:
+        raise EttError(
+            f"training starts at step {start} ({first} iterations) but the recipe ends at {total}; "
+            "train for more epochs or start from an earlier step"
+        )
+    if not first < end <= total:
+        raise EttError(
+            f"stop step {format_step(end, per_epoch)} must lie after the start ({format_step(first, per_epoch)}) "
+            f"and not past the end of training ({format_step(total, per_epoch)})"
+        )
+    if snap is not None and not first <= snap <= end:
+        raise EttError(
+            f"snapshot step {format_step(snap, per_epoch)} must lie between the start "
+            f"({format_step(first, per_epoch)}) and the end ({format_step(end, per_epoch)}) of training"
+        )
+
+
+def _dist_env() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _load_data(ds, root: Path, download: bool, rank: int, world: int):
+    """CIFAR-style data in memory (rank 0 decodes first, the others read its cache) or folder datasets."""
+    if ds.kind != "memory":
+        from ettcli.data import folder_datasets
+
+        return folder_datasets(ds, root)
+    from ettcli.data import load_memory_dataset
+
+    failed = data = None
+    if rank == 0:
+        try:
+            data = load_memory_dataset(ds, root, download=download)
+        except EttError as exc:  # reach the barrier anyway: the other ranks then fail on their own
+            failed = exc
+    if world > 1:
+        torch.distributed.barrier()
+    if failed is not None:
+        raise failed
+    return data if rank == 0 else load_memory_dataset(ds, root)
+
+
+# --- the loop ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoopConfig:
+    recipe: Recipe
+    first: int  # iteration training starts at
+    end: int  # iteration training stops at
+    snapshot: int | None  # iteration whose state is kept as rewind.safetensors
+    device: str
+    precision: str
+    compile: bool
+    sync_bn: bool
+    rank: int = 0
+    world: int = 1
+
+
+@dataclass
+class LoopState:
+    """Everything the loop carries between steps besides the model and optimizer; with them, the checkpoint."""
+
+    step: int
+    metrics: list[dict] = field(default_factory=list)
+    elapsed: float = 0.0  # wall seconds of earlier sessions of this run
+    train_seconds: float = 0.0  # seconds spent in training steps (evaluation excluded)
+    images: float = 0.0
+    partial: dict | None = None  # an interrupted epoch's running sums and seconds
+
+    def checkpoint(self, model, opt, scaler, elapsed: float) -> dict:
+        return {
+            "loop": {**asdict(self), "elapsed": elapsed},
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+        }
+
+    @staticmethod
+    def restore(ck: dict, model, opt, scaler) -> LoopState:
+        model.load_state_dict(ck["model"], strict=True)
+        opt.load_state_dict(ck["optimizer"])
+        scaler.load_state_dict(ck["scaler"])
+        torch.set_rng_state(ck["rng_cpu"])
+        return LoopState(**ck["loop"])
 
 
 def _autocast(device: str, precision: str):
@@ -313,119 +405,91 @@ def _autocast(device: str, precision: str):
     return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def train(
-    cfg: TrainConfig,
-    recipe: Recipe,
-    ticket,
-    feeder,
-    out: Path,
-    state: str,
-    hooks: Hooks | None = None,
-    dist_info: tuple[int, int] = (0, 1),
-) -> dict:
-    """Train ``ticket`` with ``recipe`` into ``out`` (``state`` from :func:`prepare_out`); returns the summary."""
-    from ettcli.models import build_model
+class _StopRequest:
+    """Signals (SIGINT, SIGTERM, SIGHUP) set a flag checked between steps, so the checkpoint is written at a
+    step boundary; a second signal interrupts at once. Only where handlers can be installed: the main
+    thread of a single process (under torchrun the launcher owns the signals)."""
 
-    hooks = hooks or Hooks()
-    rank, world = dist_info
-    lead = rank == 0
+    def __init__(self, active: bool):
+        self.signum: int | None = None
+        self.requested = False
+        self._old: dict = {}
+        self.active = active and threading.current_thread() is threading.main_thread()
+
+    def __enter__(self):
+        if self.active:
+            for s in STOP_SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested, self.signum = True, signum
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def run_loop(
+    ticket: Ticket, cfg: LoopConfig, feeder: Feeder, run: RunFolder, resume: bool, hooks: Hooks
+) -> tuple[dict, torch.nn.Module]:
+    """Train from ``cfg.first`` (or the checkpoint) to ``cfg.end``; returns the summary and the trained model."""
+    lead = cfg.rank == 0
     device = torch.device(cfg.device, torch.cuda.current_device() if cfg.device == "cuda" else None)
-    per_epoch = feeder.per_epoch
-    total = recipe.total_iterations(per_epoch)
-    from ettcli.steps import parse_step
+    per_epoch, recipe = feeder.per_epoch, cfg.recipe
 
-    start = parse_step(cfg.start_step).iterations(per_epoch)
-    if start >= total:
-        raise EttError(
-            f"training starts at step {cfg.start_step} ({start} iterations) but the recipe ends at {total}; "
-            "train for more --epochs or pass --from-step"
-        )
-
-    # model: the ticket's tensors, strict, masks applied at once
-    model = build_model(ticket.arch, seed=None, init=False)
-    sd = {k: torch.from_numpy(np.array(v)) for k, v in ticket.arrays()}
-    model.load_state_dict(sd, strict=True)
-    model.to(device=device, memory_format=torch.channels_last)
-    masker = Masker(model, {k: m.array for k, m in ticket.masks.items()}, device)
-    masker.apply()
+    # the model: the ticket's tensors, strict, channels_last, masks applied at once and after every step
+    model = model_from_ticket(ticket, device).to(memory_format=torch.channels_last)
+    if cfg.world > 1 and cfg.sync_bn:  # open_lth has no synchronised BatchNorm: off by default
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    masker = Masker(model, ticket.masks)
     opt = torch.optim.SGD(
-        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, foreach=True
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        **({"fused": True} if cfg.device == "cuda" else {"foreach": True}),
     )
     scaler = torch.amp.GradScaler(cfg.device, enabled=cfg.precision == "fp16")
-    step, metrics, elapsed, train_seconds, images_done, partial = start, [], 0.0, 0.0, 0.0, None
-    if state == "resume":
-        ck = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
-        if ck.get("identity") != cfg.identity():
-            raise EttError(f"{out / CHECKPOINT} belongs to another run; remove it or pass --force")
-        model.load_state_dict(ck["model"], strict=True)
+    st = LoopState(step=cfg.first)
+    if resume:
+        st = LoopState.restore(run.load_checkpoint(device), model, opt, scaler)
         masker.apply()
-        opt.load_state_dict(ck["optimizer"])
-        scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng_cpu"])
-        step, metrics = int(ck["step"]), list(ck["metrics"])
-        elapsed, train_seconds, images_done = float(ck["elapsed"]), float(ck["train_seconds"]), float(ck["images"])
-        partial = ck.get("partial")
-        if lead:  # the metrics file may hold a line written after this checkpoint's epoch
-            with atomic_path(out / METRICS) as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in metrics))
-    runner = model
-    if world > 1:
+        if lead:
+            run.rewrite_metrics(st.metrics)
+    fast = torch.compile(model) if cfg.compile else model
+    runner = fast
+    if cfg.world > 1:
         runner = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.index is not None else None
+            fast, device_ids=[device.index] if device.index is not None else None
         )
-    if cfg.compile:
-        runner = torch.compile(runner)
-
-    def checkpoint(at: int, partial: dict | None) -> None:
-        if not lead:
-            return
-        _save_checkpoint(
-            out / CHECKPOINT,
-            {
-                "identity": cfg.identity(),
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "step": at,
-                "metrics": metrics,
-                "elapsed": elapsed + time.perf_counter() - t0,
-                "train_seconds": train_seconds,
-                "images": images_done,
-                "partial": partial,  # an interrupted epoch's running sums and seconds
-            },
-        )
-
-    # Ctrl-C sets a flag checked between steps (a Python bool: no device sync), so the checkpoint is written
-    # at a step boundary; a second Ctrl-C interrupts at once. A debug hook simulates the first at a given step.
-    stop = {"flag": False}
-    stop_at = int(os.environ.get("ETT_INTERRUPT_AT_STEP", "-1"))
-    kill_at = int(os.environ.get("ETT_KILL_AT_STEP", "-1"))
-    old_handler = None
-    if world == 1 and _main_thread():
-
-        def on_sigint(signum, frame):
-            if stop["flag"]:
-                raise KeyboardInterrupt
-            stop["flag"] = True
-
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
-
-    hooks.start(total, per_epoch, step)
-    t0 = time.perf_counter()
     autocast = _autocast(cfg.device, cfg.precision)
-    try:
-        while step < total:
-            epoch, first = divmod(step, per_epoch)
+
+    def save_rewind() -> None:
+        if lead and not run.file(REWIND).is_file():
+            meta = {**ticket.metadata, "ett.rewind_step": format_step(st.step, per_epoch)}
+            ticket_from_model(model, ticket.masks, meta).save(run.file(REWIND))
+
+    hooks.start(cfg.end, per_epoch, st.step)
+    t0 = time.perf_counter()
+    lr = recipe.lr_at(st.step, per_epoch)
+    with _StopRequest(active=cfg.world == 1) as stop:
+        if cfg.snapshot == st.step:
+            save_rewind()
+        while st.step < cfg.end:
+            epoch, first = divmod(st.step, per_epoch)
             model.train()
-            # loss sum, correct, images: accumulated on the device, read once per epoch
+            # loss sum, correct, images, first non-finite step: on the device, read once per epoch
             sums = torch.zeros(3, device=device, dtype=torch.float64)
+            bad = torch.full((), -1, device=device, dtype=torch.int64)
             epoch_s = 0.0
-            if partial is not None:
-                sums, epoch_s, partial = partial["sums"].to(device), float(partial["seconds"]), None
+            if st.partial is not None:
+                sums, epoch_s, st.partial = st.partial["sums"].to(device), float(st.partial["seconds"]), None
             t_epoch = time.perf_counter()
             for x, y in feeder.batches(epoch, first):
-                lr = recipe.lr_at(step, per_epoch)
+                lr = recipe.lr_at(st.step, per_epoch)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 with autocast:
@@ -440,80 +504,81 @@ def train(
                     sums[0] += loss.detach() * len(y)
                     sums[1] += (logits.argmax(1) == y).sum()
                     sums[2] += len(y)
-                step += 1
-                hooks.step(step)
-                if step == kill_at:
-                    os._exit(137)
-                if step == stop_at:
-                    stop["flag"] = True
-                if stop["flag"]:
+                    bad = torch.where(torch.isfinite(loss.detach()) | (bad >= 0), bad, st.step)
+                st.step += 1
+                hooks.step(st.step)
+                if st.step == cfg.snapshot:
+                    save_rewind()
+                if hooks.stop(st.step):
+                    stop.requested = True
+                if stop.requested or st.step == cfg.end:
                     break
             if cfg.device == "cuda":
                 torch.cuda.synchronize()
             epoch_s += time.perf_counter() - t_epoch
-            if stop["flag"] and step % per_epoch:
-                checkpoint(step, {"sums": sums.cpu(), "seconds": epoch_s})
-                raise Interrupted(format_step(step, per_epoch), out)
-            # end of an epoch: one sync for the train metrics, evaluation, a checkpoint
-            if world > 1:
+            elapsed = st.elapsed + time.perf_counter() - t0
+            if int(bad) >= 0:
+                raise EttError(
+                    f"the training loss became non-finite at step {format_step(int(bad), per_epoch)} "
+                    f"(epoch {epoch + 1}); the last good checkpoint is kept in {run.path}; try a lower learning rate"
+                )
+            at_boundary = st.step % per_epoch == 0 or st.step == cfg.end
+            if stop.requested and not at_boundary:
+                if lead:
+                    st.partial = {"sums": sums.cpu(), "seconds": epoch_s}
+                    run.save_checkpoint(st.checkpoint(model, opt, scaler, elapsed))
+                raise Interrupted(format_step(st.step, per_epoch), run.path, stop.signum)
+            # end of an epoch (or of training): one sync for the train metrics, evaluation, a checkpoint
+            if cfg.world > 1:
                 torch.distributed.all_reduce(sums)
             tr = sums.tolist()
-            train_seconds += epoch_s
-            images_done += tr[2]
-            test_loss, test_acc = evaluate(runner, model, feeder, device, autocast, world)
+            st.train_seconds += epoch_s
+            st.images += tr[2]
+            test_loss, test_acc = evaluate(fast, feeder, device, autocast, cfg.world)
+            done = st.step / per_epoch
             row = {
-                "epoch": step // per_epoch,
-                "step": format_step(step, per_epoch),
+                "epoch": int(done) if done == int(done) else round(done, 4),
+                "step": format_step(st.step, per_epoch),
                 "lr": lr,
                 "train_loss": tr[0] / max(tr[2], 1),
                 "train_accuracy": tr[1] / max(tr[2], 1),
                 "test_loss": test_loss,
                 "test_accuracy": test_acc,
                 "images_per_second": tr[2] / max(epoch_s, 1e-9),
-                "elapsed_seconds": elapsed + time.perf_counter() - t0,
+                "elapsed_seconds": st.elapsed + time.perf_counter() - t0,
             }
-            metrics.append(row)
+            if not math.isfinite(test_loss):
+                raise EttError(
+                    f"the test loss became non-finite after step {row['step']}; the last good checkpoint is kept "
+                    f"in {run.path}; try a lower learning rate"
+                )
+            st.metrics.append(row)
             if lead:
-                with open(out / METRICS, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-            checkpoint(step, None)
+                run.append_metrics(row)
+                run.save_checkpoint(st.checkpoint(model, opt, scaler, st.elapsed + time.perf_counter() - t0))
             hooks.epoch(row)
-            if stop["flag"]:
-                raise Interrupted(format_step(step, per_epoch), out)
-    finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+            if stop.requested and st.step < cfg.end:
+                raise Interrupted(format_step(st.step, per_epoch), run.path, stop.signum)
 
     masker.apply()
-    last = metrics[-1]
-    summary = {
+    last = st.metrics[-1]
+    return {
         "final_test_accuracy": last["test_accuracy"],
-        "best_test_accuracy": max(r["test_accuracy"] for r in metrics),
+        "best_test_accuracy": max(r["test_accuracy"] for r in st.metrics),
         "final_train_accuracy": last["train_accuracy"],
         "final_test_loss": last["test_loss"],
-        "images_per_second": images_done / max(train_seconds, 1e-9),
+        "images_per_second": st.images / max(st.train_seconds, 1e-9),
         "sparsity": ticket.sparsity(),
         "epochs": recipe.epochs,
-        "start_step": cfg.start_step,
-        "steps": total - start,
+        "start_step": format_step(cfg.first, per_epoch),
+        "end_step": format_step(cfg.end, per_epoch),
+        "steps": cfg.end - cfg.first,
         "device": _device_name(device),
         "precision": cfg.precision,
-        "world_size": world,
-        "seconds": elapsed + time.perf_counter() - t0,
-        "train_seconds": train_seconds,
-        "arch": cfg.arch,
-        "dataset": cfg.dataset,
-    }
-    if lead:
-        _save_final(model, ticket, out / FINAL, cfg, recipe, summary, format_step(total, per_epoch))
-        _write_json(out / SUMMARY, summary)
-    return summary
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+        "world_size": cfg.world,
+        "seconds": st.elapsed + time.perf_counter() - t0,
+        "train_seconds": st.train_seconds,
+    }, model
 
 
 def _device_name(device: torch.device) -> str:
@@ -523,7 +588,7 @@ def _device_name(device: torch.device) -> str:
 
 
 @torch.no_grad()
-def evaluate(runner, model, feeder, device, autocast, world: int) -> tuple[float, float]:
+def evaluate(model, feeder: Feeder, device, autocast, world: int) -> tuple[float, float]:
     """Test loss and accuracy with pruned weights exactly zero (BatchNorm in eval mode)."""
     model.eval()
     sums = torch.zeros(3, device=device, dtype=torch.float64)
@@ -539,24 +604,3 @@ def evaluate(runner, model, feeder, device, autocast, world: int) -> tuple[float
     loss_sum, correct, n = sums.tolist()
     model.train()
     return loss_sum / max(n, 1), correct / max(n, 1)
-
-
-def _save_final(model, ticket, path: Path, cfg: TrainConfig, recipe: Recipe, summary: dict, end: str) -> None:
-    from ettcli.ticket import Ticket
-
-    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}  # float32 master weights
-    meta = {k: v for k, v in ticket.metadata.items() if k != "ett.rewind_step"}
-    meta.update(
-        {
-            "ett.command": "ett train",
-            "ett.dataset": cfg.dataset,
-            "ett.trained_from_step": cfg.start_step,
-            "ett.step": end,
-            "ett.recipe": json.dumps(recipe.as_dict(), sort_keys=True),
-            "ett.seed": str(cfg.seed),
-            "ett.precision": cfg.precision,
-            "ett.test_accuracy": f"{summary['final_test_accuracy']:.6f}",
-            "ett.source_sha256": cfg.ticket_sha256,
-        }
-    )
-    Ticket.from_arrays(arrays, ticket.masks, meta, where=str(path)).save(path)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ettcli.arch import parse_arch
-from ettcli.commands.tickets import init_ticket
+from ettcli.models import init_ticket
 from ettcli.pruning import magnitude_masks
 
 FIXTURES = [

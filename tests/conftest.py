@@ -15,7 +15,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 def make_ticket(arch: str, sparsity: float = 0.0, seed: int = 0, num_classes: int = 10):
     """A real ticket: open_lth init of ``arch`` plus a global magnitude mask (needs torch)."""
     from ettcli.arch import parse_arch
-    from ettcli.commands.tickets import init_ticket
+    from ettcli.models import init_ticket
     from ettcli.pruning import magnitude_masks
 
     ticket = init_ticket(parse_arch(arch, num_classes=num_classes), seed=seed)

@@ -7,47 +7,55 @@ import pytest
 import torch
 
 from ettcli.data import InMemory, get_dataset
-from ettcli.errors import EttError
+from ettcli.errors import EttError, EttWarning
+from ettcli.feeders import MemoryFeeder, iterations_per_epoch
 from ettcli.recipe import customise, recipe_for
 from ettcli.steps import Step
-from ettcli.train import MemoryFeeder, iterations_per_epoch, resolve_precision
+from ettcli.train import resolve_precision
 
 
 def test_family_defaults_match_design():
-    cifar = recipe_for("cifar_resnet")
+    cifar = recipe_for("cifar10")
     assert (cifar.epochs, cifar.batch_size, cifar.lr, cifar.momentum, cifar.weight_decay) == (160, 128, 0.1, 0.9, 1e-4)
     assert cifar.milestones == (Step(80), Step(120)) and cifar.warmup == Step()
-    assert recipe_for("cifar_vgg") == cifar
-    imnet = recipe_for("imagenet_resnet")
+    assert recipe_for("cifar100") == cifar
+    imnet = recipe_for("imagenet")
     assert (imnet.epochs, imnet.batch_size, imnet.lr) == (90, 1024, 0.4)
     assert imnet.milestones == (Step(30), Step(60), Step(80)) and imnet.warmup == Step(5)
     assert iterations_per_epoch(50_000, 128) == 391
 
 
 def test_lr_steps_per_iteration_at_milestones():
-    r = recipe_for("cifar_resnet")
+    r = recipe_for("cifar10")
     per = 391
     assert r.lr_at(0, per) == 0.1
     assert r.lr_at(80 * per - 1, per) == 0.1
     assert r.lr_at(80 * per, per) == pytest.approx(0.01)
     assert r.lr_at(120 * per, per) == pytest.approx(0.001)
-    warm = recipe_for("imagenet_resnet")
+    warm = recipe_for("imagenet")
     assert warm.lr_at(0, 100) == 0.0
     assert warm.lr_at(250, 100) == pytest.approx(0.2)  # half way through 5 epochs of warmup
     assert warm.lr_at(500, 100) == pytest.approx(0.4)
 
 
 def test_epochs_keep_the_schedule_shape():
-    r = customise(recipe_for("cifar_resnet"), 391, epochs=4)
+    r = customise(recipe_for("cifar10"), 391, epochs=4)
     assert r.epochs == 4 and r.milestones == (Step(2), Step(3))
-    odd = customise(recipe_for("cifar_resnet"), 10, epochs=3)  # 1.5 and 2.25 epochs, in iterations
+    odd = customise(recipe_for("cifar10"), 10, epochs=3)  # 1.5 and 2.25 epochs, in iterations
     assert odd.milestones == (Step(1, 5), Step(2, 2))
-    w = customise(recipe_for("imagenet_resnet"), 100, epochs=18)
+    w = customise(recipe_for("imagenet"), 100, epochs=18)
     assert w.warmup == Step(1) and w.milestones == (Step(6), Step(12), Step(16))
-    explicit = customise(recipe_for("cifar_resnet"), 391, epochs=4, milestones="1ep,500it", lr=0.05, batch_size=64)
+    explicit = customise(recipe_for("cifar10"), 391, epochs=4, milestones="1ep,500it", lr=0.05, batch_size=64)
     assert explicit.milestones == (Step(1), Step(0, 500)) and explicit.lr == 0.05 and explicit.batch_size == 64
-    with pytest.raises(EttError, match="--epochs 0"):
-        customise(recipe_for("cifar_resnet"), 391, epochs=0)
+    with pytest.warns(EttWarning, match="not in order"):
+        customise(recipe_for("cifar10"), 391, epochs=4, milestones="3ep,1ep")
+    with pytest.warns(EttWarning, match="9ep is at or past the end of training"):
+        customise(recipe_for("cifar10"), 391, epochs=4, milestones="2ep,9ep")
+    for bad in ({"lr": float("nan")}, {"lr": float("inf")}, {"weight_decay": float("nan")}, {"lr": -1.0}):
+        with pytest.raises(EttError, match="finite"):
+            customise(recipe_for("cifar10"), 391, **bad)
+    with pytest.raises(EttError, match="epochs 0"):
+        customise(recipe_for("cifar10"), 391, epochs=0)
 
 
 def test_precision_choices():

@@ -100,3 +100,10 @@ class FastGroup(TyperGroup):
     def parse_args(self, ctx, args):
         _plain_coercion(self.get_params(ctx))
         return super().parse_args(ctx, args)
+
+
+def command_line() -> str:
+    """The command as the user typed it (``ett`` and its arguments, shell-quoted), for ``ett.command``."""
+    import shlex
+
+    return shlex.join(["ett", *sys.argv[1:]])
