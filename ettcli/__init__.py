@@ -24,6 +24,10 @@ _LAZY = {
     "squeeze": "ettcli.transform",
     "apply_plan": "ettcli.transform",
     "predict_sparsity": "ettcli.transform",
+    "imp": "ettcli.lottery",
+    "train_ticket": "ettcli.train",
+    "TrainSettings": "ettcli.train",
+    "load_model": "ettcli.models",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from ettcli import __version__
-from ettcli.commands import tickets
+from ettcli.commands import lottery, tickets
 from ettcli.commands.common import FastGroup
 
 app = typer.Typer(
@@ -46,6 +46,12 @@ for _name in ("transform", "train"):
             raise
     else:
         _mod.register(app)
+
+prune_app = typer.Typer(
+    name="prune", help="Find tickets (IMP) and make pruning baselines at matched sparsity.", no_args_is_help=True
+)
+lottery.register(prune_app)
+app.add_typer(prune_app)
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ The recipe follows the data a ticket is trained on (CIFAR-10/100: 160 epochs at 
 80 and 120 epochs; ImageNet: 90 epochs at batch 1024, lr 0.4 with 5 warmup epochs, x0.1 at 30, 60, 80), not
 the network: an ImageNet-style ResNet trained on CIFAR-10 gets the CIFAR recipe. What does depend on the
 family is kept apart in :data:`FAMILY_DEFAULTS`: the dataset a family is trained on when none is named, and
-the rewind step IMP uses (1000 iterations for CIFAR ResNets, 200 for CIFAR VGG, 5 epochs on ImageNet).
+the rewind step IMP uses (1000 iterations for CIFAR ResNets, 200 for CIFAR VGG, 5 epochs on ImageNet) and
+the layers IMP leaves dense (open_lth's CIFAR VGG keeps its classifier dense).
 
 A :class:`Recipe` is a frozen dataclass in epochs and steps; the learning-rate schedule it describes is a
 pure function of the iteration (:meth:`Recipe.lr_at`), so starting at a rewind step or resuming from a
@@ -120,11 +121,12 @@ class FamilyDefaults:
 
     dataset: str  # trained on when no dataset is named
     rewind: Step  # IMP's default rewind step
+    imp_exclude: tuple[str, ...] = ()  # prunable tensors IMP leaves dense (open_lth's pruning_layers_to_ignore)
 
 
 FAMILY_DEFAULTS: Registry[FamilyDefaults] = Registry("family")
 FAMILY_DEFAULTS.register("cifar_resnet", FamilyDefaults("cifar10", Step(0, 1000)))
-FAMILY_DEFAULTS.register("cifar_vgg", FamilyDefaults("cifar10", Step(0, 200)))
+FAMILY_DEFAULTS.register("cifar_vgg", FamilyDefaults("cifar10", Step(0, 200), ("fc.weight",)))
 FAMILY_DEFAULTS.register("imagenet_resnet", FamilyDefaults("imagenet", Step(5, 0)))
 
 

@@ -1,0 +1,138 @@
+"""``ett prune imp``: find tickets by iterative magnitude pruning with rewinding (torch imported inside)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ettcli.commands import options as opt
+from ettcli.commands.common import command_line, handle_errors
+
+IMP_HELP = (
+    "Level 0 trains the dense network and keeps its state at the rewind step; level L prunes ceil(rate x "
+    "remaining) of the kept weights with the smallest magnitude after level L-1's training, rewinds every "
+    "tensor (BatchNorm statistics included) and trains again from the rewind step. Files in --out: config.json, "
+    "levels.json, and level_NN/ with ticket.safetensors (rewind-step weights with the level's masks) and the "
+    "level's run (config.json, metrics.jsonl, summary.json, final.safetensors). Rerunning the same command "
+    "skips finished levels and resumes the interrupted one; a larger --levels adds levels."
+)
+
+
+def imp(
+    source: Annotated[
+        str, typer.Argument(help="A dense ticket (e.g. from ett init) or an architecture name (e.g. cifar_resnet_20).")
+    ],
+    levels: Annotated[int, typer.Option("--levels", help="Pruning levels after the dense level 0.")] = 16,
+    rate: Annotated[float, typer.Option("--rate", help="Fraction of the remaining weights pruned per level.")] = 0.2,
+    rewind: Annotated[
+        str | None,
+        typer.Option("--rewind", help="Rewind step (default: 1000it CIFAR ResNets, 200it CIFAR VGG, 5ep ImageNet)."),
+    ] = None,
+    scope: Annotated[
+        str, typer.Option("--scope", help="global (one ranking over all layers) or layerwise (each layer alike).")
+    ] = "global",
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            help="A prunable tensor to leave dense (repeatable; default: the family's, "
+            "e.g. fc.weight for CIFAR VGG as open_lth does).",
+        ),
+    ] = None,
+    dataset: opt.Dataset = None,
+    data_root: opt.DataRoot = None,
+    download: opt.Download = False,
+    epochs: opt.Epochs = None,
+    batch_size: opt.BatchSize = None,
+    lr: opt.Lr = None,
+    milestones: opt.Milestones = None,
+    weight_decay: opt.WeightDecay = None,
+    warmup: opt.Warmup = None,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    precision: opt.Precision = "auto",
+    compile_: opt.Compile = False,
+    workers: opt.Workers = None,
+    threads: opt.Threads = None,
+    init_seed: Annotated[int, typer.Option("--init-seed", help="Seed of the initialisation for a name.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="IMP folder (default imp-<source>).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Find tickets by iterative magnitude pruning with rewinding.
+
+    Example: ett prune imp cifar_resnet_20 --dataset cifar10 --data-root ~/data/cifar10 --levels 16
+    """
+    from ettcli.lottery import ImpSpec
+    from ettcli.lottery import imp as run_imp
+    from ettcli.train import Interrupted
+
+    settings = opt.settings_from(**locals())
+    spec = ImpSpec(rate=rate, rewind=rewind, scope=scope, exclude=tuple(exclude) if exclude else None)
+    out = out or Path(f"imp-{Path(source).name.split('.')[0]}")
+
+    def hooks_for(level: int):
+        from ettcli.train import Hooks
+
+        if quiet:
+            return Hooks()
+        say = lambda line: typer.echo(line, err=True)  # noqa: E731
+        return Hooks(
+            start=lambda total, per, step: say(f"level {level}: training from step {step} to {total}"),
+            epoch=lambda row: say(
+                f"level {level} epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
+                f"test acc {100 * row['test_accuracy']:.2f}%"
+            ),
+            info=say if level == 0 else (lambda line: None),
+        )
+
+    try:
+        rows = run_imp(
+            source,
+            settings,
+            levels=levels,
+            out=out,
+            spec=spec,
+            seed=init_seed,
+            hooks_for=hooks_for,
+            command=command_line(),
+        )
+    except Interrupted as exc:
+        name = signal.Signals(exc.signum).name if exc.signum else "a stop request"
+        typer.echo(
+            f"ett: interrupted by {name} at step {exc.step} of {exc.folder.name}; rerun the same command to resume",
+            err=True,
+        )
+        raise typer.Exit(128 + (exc.signum or signal.SIGINT)) from None
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)  # every level is on disk: report, whatever arrives now
+    _table(rows, out)
+
+
+def _table(rows: list[dict], out: Path) -> None:
+    from rich.table import Table
+
+    from ettcli.commands.common import stdout_console
+
+    table = Table(title=f"IMP in {out}")
+    for col in ("level", "sparsity %", "kept", "final acc %", "best acc %", "time s"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r["level"]),
+            f"{100 * r['sparsity']:.2f}",
+            f"{r['kept']:,}",
+            f"{100 * r['final_test_accuracy']:.2f}",
+            f"{100 * r['best_test_accuracy']:.2f}",
+            f"{r['train_seconds']:.0f}",
+        )
+    stdout_console().print(table)
+    if not sys.stdout.isatty():
+        sys.stdout.flush()
+
+
+def register(prune_app: typer.Typer) -> None:
+    prune_app.command("imp", epilog=IMP_HELP)(handle_errors(imp))

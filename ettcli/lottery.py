@@ -1,0 +1,221 @@
+"""Iterative magnitude pruning with rewinding (Frankle et al.), level by level on ``train_ticket``.
+
+Level 0 trains the dense network from step 0 to the end and keeps its whole state (BatchNorm buffers
+included) at the rewind step. Level L prunes ``ceil(rate * remaining)`` of the still-unpruned prunable
+weights with the smallest magnitude in level L-1's *trained* weights (exact count; ties go to the earlier
+tensor, then the earlier index), puts every tensor back to the rewind-step state, and trains from the
+rewind step with a fresh optimizer; the schedule and the data order fast-forward to that step.
+
+Layout of the output folder::
+
+    config.json      the IMP run's identity (source content, rate, rewind step, scope, training settings)
+    levels.json      one row per finished level
+    level_00/        a run folder (config, metrics, checkpoint, summary, final.safetensors) plus
+                     rewind.safetensors (the dense state at the rewind step) and ticket.safetensors
+    level_01/ ...    ticket.safetensors (rewind-step weights, unmasked, with the level's masks) and its run
+
+Every level is a :class:`~ettcli.runs.RunFolder` keyed by its ticket's content, so a rerun skips finished
+levels, resumes the interrupted one where it stopped, and ``levels`` can be raised to add levels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ettcli.errors import EttError
+from ettcli.mask import Mask
+from ettcli.pruning import global_topk_masks
+from ettcli.recipe import FAMILY_DEFAULTS
+from ettcli.runs import FINAL, REWIND, RunFolder
+from ettcli.steps import parse_step
+
+TICKET = "ticket.safetensors"
+LEVELS = "levels.json"
+
+
+@dataclass(frozen=True)
+class ImpSpec:
+    """How IMP prunes: the fraction of remaining weights per level, where it rewinds, and what it prunes."""
+
+    rate: float = 0.2
+    rewind: str | None = None  # default: the family's (1000it CIFAR ResNets, 200it VGG, 5ep ImageNet)
+    scope: str = "global"  # "global": one ranking over all prunable tensors; "layerwise": per tensor
+    exclude: tuple[str, ...] | None = None  # tensors left dense; default: the family's (VGG: fc.weight)
+
+    def check(self) -> None:
+        if not (math.isfinite(self.rate) and 0 < self.rate < 1):
+            raise EttError(f"pruning rate {self.rate}: must lie strictly between 0 and 1")
+        if self.scope not in ("global", "layerwise"):
+            raise EttError(f"scope {self.scope!r}: choose global or layerwise")
+
+
+def prune_level(weights: dict[str, np.ndarray], masks: dict[str, Mask], rate: float, scope: str) -> dict[str, Mask]:
+    """One IMP step: remove ``ceil(rate * remaining)`` of the kept weights with the smallest |w|.
+
+    ``weights`` and ``masks`` cover exactly the tensors being pruned. Globally the count is taken over all
+    of them together; layerwise, per tensor. Already-pruned weights stay pruned, so masks only shrink.
+    """
+    scores = {n: np.where(masks[n].array, np.abs(weights[n].astype(np.float64)), -np.inf) for n in masks}
+    if scope == "layerwise":
+        out = {}
+        for n, s in scores.items():
+            remaining = masks[n].kept
+            out.update(global_topk_masks({n: s}, remaining - math.ceil(rate * remaining)))
+        return out
+    remaining = sum(m.kept for m in masks.values())
+    return global_topk_masks(scores, remaining - math.ceil(rate * remaining))
+
+
+def imp(
+    source,
+    settings=None,
+    *,
+    levels: int,
+    out: str | os.PathLike,
+    spec: ImpSpec = ImpSpec(),
+    seed: int = 0,
+    hooks_for: Callable[[int], object] | None = None,
+    on_level: Callable[[dict], None] | None = None,
+    command: str | None = None,
+) -> list[dict]:
+    """Run (or continue) IMP with rewinding up to level ``levels``; returns one row per level.
+
+    Args:
+        source: a dense :class:`~ettcli.ticket.Ticket`, a path to one, or an architecture name (then
+            initialised as ``ett init`` does, with ``seed``).
+        settings: :class:`~ettcli.train.TrainSettings` for every level's training.
+        levels: the last level (level 0 is the dense network; level L is ``1 - (1 - rate)**L`` sparse).
+        out: the IMP folder (see the module docstring).
+        spec: rate, rewind step, scope and excluded tensors.
+        hooks_for: ``level -> Hooks`` for progress display and stop requests.
+        on_level: called with each level's row as it finishes (or is found finished).
+        command: recorded as ``ett.command`` in the tickets.
+    """
+    from ettcli.models import init_ticket
+    from ettcli.ticket import Ticket, read_ticket
+    from ettcli.train import TrainSettings, train_ticket
+
+    settings = settings or TrainSettings()
+    spec.check()
+    settings.check()
+    if levels < 1:
+        raise EttError(f"levels {levels}: IMP needs at least 1 level (level 0 is the dense network)")
+    if isinstance(source, Ticket):
+        dense = source
+    elif isinstance(source, str) and not Path(source).exists() and "/" not in source:
+        from ettcli.arch import parse_arch
+
+        dense = init_ticket(parse_arch(source), seed)
+    else:
+        dense = read_ticket(source)
+    if dense.masks:
+        raise EttError(
+            f"{dense.path or 'the source'} has masks ({100 * dense.sparsity():.2f}% sparse); IMP starts from a dense "
+            "network: pass the dense ticket (e.g. from ett init) or an architecture name"
+        )
+    family = FAMILY_DEFAULTS.lookup(dense.arch.family)
+    rewind = str(parse_step(spec.rewind)) if spec.rewind else str(family.rewind)
+    exclude = tuple(spec.exclude) if spec.exclude is not None else family.imp_exclude
+    prunable = dense.prunable()
+    for name in exclude:
+        if name not in prunable:
+            raise EttError(f"cannot exclude '{name}': {dense.arch.name} has no such prunable tensor")
+    pruned = [n for n in prunable if n not in exclude]
+
+    top = RunFolder(
+        Path(out),
+        {
+            "kind": "imp",
+            "source": dense.fingerprint(),
+            "arch": dense.arch.name,
+            "rate": spec.rate,
+            "rewind": rewind,
+            "scope": spec.scope,
+            "exclude": list(exclude),
+            "settings": {k: v for k, v in asdict(settings).items() if k not in ("data_root", "workers", "threads")},
+        },
+    )
+    top.state()  # a folder holding IMP with other settings is refused here, before any work
+    top.begin(fresh=False, settings={"levels": levels, **asdict(settings)})
+    rows: list[dict] = []
+    base_meta = {"ett.imp_rate": str(spec.rate), "ett.imp_scope": spec.scope, "ett.imp_folder": str(top.path)}
+    if command:
+        base_meta["ett.command"] = command
+    hooks_for = hooks_for or (lambda level: None)
+
+    # level 0: the dense network from step 0, its state kept at the rewind step
+    level0 = top.path / "level_00"
+    t0 = time.perf_counter()
+    res = train_ticket(
+        dense, settings, folder=level0, from_step="0it", snapshot_at=rewind, hooks=hooks_for(0), metadata=base_meta
+    )
+    rewound = read_ticket(level0 / REWIND)
+    _save_if_changed(rewound, level0 / TICKET, {**base_meta, "ett.imp_level": "0"})
+    rows.append(_row(0, rewound, res, time.perf_counter() - t0))
+    if on_level:
+        on_level(rows[-1])
+    masks = {n: Mask.ones_like(dense.tensors[n].shape) for n in pruned}
+    previous = level0
+    for level in range(1, levels + 1):
+        t0 = time.perf_counter()
+        trained = read_ticket(previous / FINAL)
+        masks = prune_level({n: trained.array(n) for n in pruned}, masks, spec.rate, spec.scope)
+        folder = top.path / f"level_{level:02d}"
+        ticket = Ticket.from_arrays(
+            dict(rewound.arrays()),
+            masks,
+            {
+                **{k: v for k, v in rewound.metadata.items() if not k.startswith("ett.imp")},
+                **base_meta,
+                "ett.imp_level": str(level),
+                "ett.rewind_step": rewind,
+                "ett.imp_trained_from": str(previous / FINAL),
+            },
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        ticket.metadata["ett.sparsity"] = f"{ticket.sparsity():.6f}"
+        ticket = _save_if_changed(ticket, folder / TICKET, {})
+        res = train_ticket(ticket, settings, folder=folder, hooks=hooks_for(level), metadata=base_meta)
+        rows.append(_row(level, ticket, res, time.perf_counter() - t0))
+        if on_level:
+            on_level(rows[-1])
+        previous = folder
+    top.write_json("levels.json", rows)
+    return rows
+
+
+def _save_if_changed(ticket, path: Path, extra: dict):
+    """Write ``ticket`` to ``path`` unless the file already holds the same content (reruns keep files)."""
+    from ettcli.ticket import read_ticket
+
+    ticket.metadata.update(extra)
+    if path.is_file():
+        have = read_ticket(path)
+        if have.fingerprint() == ticket.fingerprint():
+            return have
+    ticket.save(path)
+    return read_ticket(path)
+
+
+def _row(level: int, ticket, res, seconds: float) -> dict:
+    total, kept = ticket.counts()
+    s = res.summary
+    return {
+        "level": level,
+        "sparsity": 1 - kept / total if total else 0.0,
+        "kept": kept,
+        "prunable": total,
+        "final_test_accuracy": s["final_test_accuracy"],
+        "best_test_accuracy": s["best_test_accuracy"],
+        "train_seconds": s["seconds"],
+        "level_seconds": seconds,
+        "already_finished": res.already_finished,
+        "folder": str(res.folder),
+    }
