@@ -259,7 +259,9 @@ def train_ticket(
             "world_size": world,
         }
         run = RunFolder(Path(folder), identity) if folder else RunFolder.default(stem_of(path or "ticket"), identity)
-        state = "fresh" if force and run.state() != "fresh" else run.state()
+        state = run.state()  # a folder holding another run is refused here, even with force
+        if force:
+            state = "fresh"
         if world > 1:
             torch.distributed.barrier()
         if state == "finished":
