@@ -10,6 +10,7 @@ check both directions.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -75,7 +76,13 @@ class Header:
 
 
 def read_header(path: str | os.PathLike) -> Header:
-    """Parse and validate a safetensors header; every failure is an EttError naming the file."""
+    """Parse and validate a safetensors header; every failure is an EttError naming the file (and the tensor).
+
+    The format's rules, all enforced: unique names; dtype a known code; shape a list of non-negative integers;
+    data_offsets two non-negative integers [start, end) whose length is the shape's byte size; and the tensors,
+    taken in offset order, tile the data buffer exactly: the first starts at 0, each starts where the previous
+    ends, the last ends at the end of the file.
+    """
     path = Path(path)
     if not path.exists():
         raise EttError(f"{path}: no such file; check the path")
@@ -84,6 +91,8 @@ def read_header(path: str | os.PathLike) -> Header:
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
+        if head[:4] == b"PK\x03\x04":
+            raise EttError(f"{path}: is a torch (zip) file, not safetensors; name it .pt or .pth")
         if len(head) < 8:
             raise EttError(f"{path}: not a safetensors file: {size} bytes, too short for the 8-byte header length")
         (n,) = struct.unpack("<Q", head)
@@ -94,32 +103,80 @@ def read_header(path: str | os.PathLike) -> Header:
             )
         raw = fh.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_Object)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EttError(f"{path}: not a safetensors file: its header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise EttError(f"{path}: not a safetensors file: its header is not a JSON object")
+    if header.duplicate is not None:
+        raise EttError(f"{path}: tensor '{header.duplicate}' is listed twice in the header; the file is damaged")
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise EttError(f"{path}: __metadata__ must map strings to strings")
+    if getattr(metadata, "duplicate", None) is not None:
+        raise EttError(f"{path}: __metadata__ lists '{metadata.duplicate}' twice; the file is damaged")
     base = 8 + n
     data_len = size - base
-    tensors: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        try:
-            code, shape, (s, e) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise EttError(f"{path}: header entry for '{name}' lacks dtype, shape or data_offsets") from None
-        if code not in DTYPES:
-            raise EttError(f"{path}: tensor '{name}' has dtype {code}, which ett does not read")
-        want = int(np.prod(shape, dtype=np.int64)) * DTYPES[code].itemsize
-        if not (0 <= s <= e <= data_len) or e - s != want:
-            raise EttError(
-                f"{path}: tensor '{name}' has byte range [{s}, {e}) but needs {want} bytes inside a "
-                f"{data_len}-byte buffer; the file is truncated or damaged"
-            )
-        tensors[name] = TensorInfo(name, code, shape, base + s, base + e)
+    tensors = {name: _tensor_info(path, name, entry, base) for name, entry in header.items()}
+    _check_tiling(path, tensors.values(), base, data_len)
     return Header(path, tensors, dict(metadata))
+
+
+class _Object(dict):
+    """A JSON object that remembers the first key it saw twice (json keeps the last one silently)."""
+
+    def __init__(self, pairs):
+        super().__init__()
+        self.duplicate = None
+        for key, value in pairs:
+            if key in self and self.duplicate is None:
+                self.duplicate = key
+            self[key] = value
+
+
+def _natural(value) -> bool:
+    return type(value) is int and value >= 0  # bool is an int subclass, and 2.0 is not an integer here
+
+
+def _tensor_info(path: Path, name: str, entry, base: int) -> TensorInfo:
+    where = f"{path}: tensor '{name}'"
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise EttError(f"{where}: header entry lacks dtype, shape or data_offsets; the file is damaged")
+    if entry.duplicate is not None:
+        raise EttError(f"{where}: header entry lists '{entry.duplicate}' twice; the file is damaged")
+    code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(code, str) or code not in DTYPES:
+        raise EttError(f"{where} has dtype {code}, which ett does not read")
+    if not isinstance(shape, list) or not all(_natural(d) for d in shape):
+        raise EttError(f"{where} has shape {json.dumps(shape)}; a shape is a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_natural(o) for o in offsets):
+        raise EttError(f"{where} has data_offsets {json.dumps(offsets)}; expected two non-negative integers")
+    s, e = offsets
+    want = math.prod(shape) * DTYPES[code].itemsize
+    if e < s or e - s != want:
+        raise EttError(f"{where} has byte range [{s}, {e}) but its {code} shape {shape} needs {want} bytes")
+    return TensorInfo(name, code, tuple(shape), base + s, base + e)
+
+
+def _check_tiling(path: Path, infos, base: int, data_len: int) -> None:
+    """The tensors, in offset order, must cover the data buffer exactly: no gap, no overlap, nothing after."""
+    at, prev = 0, None
+    for info in sorted(infos, key=lambda i: (i.start, i.end)):
+        s, e = info.start - base, info.end - base
+        if s != at:
+            if prev is None:
+                what = f"leaves a gap of {s} bytes at the start of the data buffer"
+            else:
+                how = "overlaps" if s < at else f"leaves a gap of {s - at} bytes after"
+                what = f"{how} tensor '{prev.name}' (bytes [{prev.start - base}, {at}))"
+            raise EttError(
+                f"{path}: tensor '{info.name}' at bytes [{s}, {e}) {what}; "
+                "the tensors must tile the data buffer in order; the file is damaged"
+            )
+        at, prev = e, info
+    if at != data_len:
+        what = f"the last tensor '{prev.name}' ends at byte {at}" if prev is not None else "the header lists no tensors"
+        raise EttError(f"{path}: {what} but the data buffer holds {data_len} bytes; the file is truncated or damaged")
 
 
 def read_array(path: Path, info: TensorInfo, fh=None) -> np.ndarray:
