@@ -49,4 +49,12 @@ for _name in ("transform", "train"):
 
 
 def main() -> None:
+    """The ``ett`` entry point: SIGINT, SIGTERM and SIGHUP become interrupts, so temporary files are removed."""
+    import signal
+
+    from ettcli.errors import on_signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
     app()

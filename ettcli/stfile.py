@@ -9,9 +9,11 @@ check both directions.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ettcli.errors import EttError
+from ettcli.errors import EttError, commit_point
 
 # safetensors dtype codes -> numpy dtypes (little-endian). BF16 is read as raw uint16 and widened on demand.
 DTYPES: dict[str, np.dtype] = {
@@ -223,24 +225,81 @@ class Source:
         return Source(info.dtype, info.shape, path=path, start=info.start, end=info.end)
 
 
+def check_output(path: str | os.PathLike) -> Path:
+    """Refuse an output path that an atomic write cannot replace safely; return it as a Path.
+
+    Its folder must exist, and the path itself must be new or a regular file: renaming over a device node,
+    a fifo, a socket or a folder would replace that special file with a regular one.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise EttError(f"{path}: its folder {path.parent} {what}; create it or choose another output path")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    if not stat.S_ISREG(mode):
+        raise EttError(f"{path}: exists and is {_kind(mode)}, not a regular file; choose another output path")
+    return path
+
+
+def _kind(mode: int) -> str:
+    for test, word in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a fifo"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return word
+    return "a special file"
+
+
+def write_error(path: Path, exc: OSError) -> EttError:
+    """An OSError met while writing ``path``, in ett's words: what failed, where, and what to do."""
+    reason = exc.strerror or str(exc)
+    folder = path.parent
+    name = Path(str(exc.filename)).name if exc.filename is not None else None
+    if name is not None and name != path.name and not name.startswith(f".{path.name}."):
+        # about another file: e.g. a source that vanished while its tensors were being copied
+        return EttError(f"{exc.filename}: {reason} (while writing {path})")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EttError(f"{path}: cannot write: no space left on the device holding {folder}; free space there")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return EttError(f"{path}: cannot write in {folder} ({reason}); choose a folder you can write to")
+    return EttError(f"{path}: cannot write ({reason})")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it."""
-    path = Path(path)
-    if not path.parent.exists():
-        raise EttError(f"{path}: its folder {path.parent} does not exist; create it or choose another -o")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it.
+
+    ``path`` is checked first (:func:`check_output`); an OSError while writing (a full disk, a read-only
+    folder) becomes an :class:`EttError`, and an interrupt or any other failure removes the temporary file.
+    """
+    path = check_output(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp makes 0600 files; give the result the mode a plain open() would (or the replaced file's)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~umask)
     try:
+        # mkstemp makes 0600 files; give the result the mode a plain open() would (or the replaced file's)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~umask)
         yield tmp_path
+        commit_point()
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
 
 
@@ -287,10 +346,17 @@ def write_file(path: str | os.PathLike, entries: Iterable[tuple[str, Source]], m
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes."""
+    return sha256_files([path])
+
+
+def sha256_files(paths: Iterable[str | os.PathLike]) -> str:
+    """The hex sha256 of the files' bytes, read one after another in the order given."""
     import hashlib
 
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
+    for path in paths:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
     return h.hexdigest()

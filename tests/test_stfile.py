@@ -61,7 +61,7 @@ def test_failed_write_leaves_old_file_and_no_temporaries(tmp_path):
     write_file(path, [("a", Source.of_array(np.ones(3, np.float32)))], {})
     before = path.read_bytes()
     missing = Source("F32", (3,), path=tmp_path / "gone.safetensors", start=0, end=12)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(EttError, match="gone.safetensors: No such file"):
         write_file(path, [("a", missing)], {})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
