@@ -281,6 +281,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``path`` is checked first (:func:`check_output`); an OSError while writing (a full disk, a read-only
     folder) becomes an :class:`EttError`, and an interrupt or any other failure removes the temporary file.
     """
+    path = Path(path)
+    if path in _TEMPORARY:  # the temporary file of an enclosing atomic write: write it in place
+        try:
+            yield path
+        except OSError as exc:
+            raise write_error(_TEMPORARY[path], exc) from None
+        return
     path = check_output(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -288,6 +295,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise write_error(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
+    _TEMPORARY[tmp_path] = path
     try:
         # mkstemp makes 0600 files; give the result the mode a plain open() would (or the replaced file's)
         umask = os.umask(0)
@@ -301,6 +309,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if isinstance(exc, OSError):
             raise write_error(path, exc) from None
         raise
+    finally:
+        del _TEMPORARY[tmp_path]
+
+
+_TEMPORARY: dict[Path, Path] = {}  # temporary files of atomic writes in progress -> the paths they become
 
 
 def write_file(path: str | os.PathLike, entries: Iterable[tuple[str, Source]], metadata: dict[str, str]) -> None:
