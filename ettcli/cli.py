@@ -55,4 +55,12 @@ app.add_typer(prune_app)
 
 
 def main() -> None:
+    """The ``ett`` entry point: SIGINT, SIGTERM and SIGHUP become interrupts, so temporary files are removed."""
+    import signal
+
+    from ettcli.errors import on_signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
     app()

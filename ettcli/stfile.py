@@ -9,8 +9,11 @@ check both directions.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import stat
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ettcli.errors import EttError
+from ettcli.errors import EttError, commit_point
 
 # safetensors dtype codes -> numpy dtypes (little-endian). BF16 is read as raw uint16 and widened on demand.
 DTYPES: dict[str, np.dtype] = {
@@ -75,7 +78,13 @@ class Header:
 
 
 def read_header(path: str | os.PathLike) -> Header:
-    """Parse and validate a safetensors header; every failure is an EttError naming the file."""
+    """Parse and validate a safetensors header; every failure is an EttError naming the file (and the tensor).
+
+    The format's rules, all enforced: unique names; dtype a known code; shape a list of non-negative integers;
+    data_offsets two non-negative integers [start, end) whose length is the shape's byte size; and the tensors,
+    taken in offset order, tile the data buffer exactly: the first starts at 0, each starts where the previous
+    ends, the last ends at the end of the file.
+    """
     path = Path(path)
     if not path.exists():
         raise EttError(f"{path}: no such file; check the path")
@@ -84,6 +93,8 @@ def read_header(path: str | os.PathLike) -> Header:
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
+        if head[:4] == b"PK\x03\x04":
+            raise EttError(f"{path}: is a torch (zip) file, not safetensors; name it .pt or .pth")
         if len(head) < 8:
             raise EttError(f"{path}: not a safetensors file: {size} bytes, too short for the 8-byte header length")
         (n,) = struct.unpack("<Q", head)
@@ -94,32 +105,80 @@ def read_header(path: str | os.PathLike) -> Header:
             )
         raw = fh.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_Object)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EttError(f"{path}: not a safetensors file: its header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise EttError(f"{path}: not a safetensors file: its header is not a JSON object")
+    if header.duplicate is not None:
+        raise EttError(f"{path}: tensor '{header.duplicate}' is listed twice in the header; the file is damaged")
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise EttError(f"{path}: __metadata__ must map strings to strings")
+    if getattr(metadata, "duplicate", None) is not None:
+        raise EttError(f"{path}: __metadata__ lists '{metadata.duplicate}' twice; the file is damaged")
     base = 8 + n
     data_len = size - base
-    tensors: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        try:
-            code, shape, (s, e) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise EttError(f"{path}: header entry for '{name}' lacks dtype, shape or data_offsets") from None
-        if code not in DTYPES:
-            raise EttError(f"{path}: tensor '{name}' has dtype {code}, which ett does not read")
-        want = int(np.prod(shape, dtype=np.int64)) * DTYPES[code].itemsize
-        if not (0 <= s <= e <= data_len) or e - s != want:
-            raise EttError(
-                f"{path}: tensor '{name}' has byte range [{s}, {e}) but needs {want} bytes inside a "
-                f"{data_len}-byte buffer; the file is truncated or damaged"
-            )
-        tensors[name] = TensorInfo(name, code, shape, base + s, base + e)
+    tensors = {name: _tensor_info(path, name, entry, base) for name, entry in header.items()}
+    _check_tiling(path, tensors.values(), base, data_len)
     return Header(path, tensors, dict(metadata))
+
+
+class _Object(dict):
+    """A JSON object that remembers the first key it saw twice (json keeps the last one silently)."""
+
+    def __init__(self, pairs):
+        super().__init__()
+        self.duplicate = None
+        for key, value in pairs:
+            if key in self and self.duplicate is None:
+                self.duplicate = key
+            self[key] = value
+
+
+def _natural(value) -> bool:
+    return type(value) is int and value >= 0  # bool is an int subclass, and 2.0 is not an integer here
+
+
+def _tensor_info(path: Path, name: str, entry, base: int) -> TensorInfo:
+    where = f"{path}: tensor '{name}'"
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise EttError(f"{where}: header entry lacks dtype, shape or data_offsets; the file is damaged")
+    if entry.duplicate is not None:
+        raise EttError(f"{where}: header entry lists '{entry.duplicate}' twice; the file is damaged")
+    code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(code, str) or code not in DTYPES:
+        raise EttError(f"{where} has dtype {code}, which ett does not read")
+    if not isinstance(shape, list) or not all(_natural(d) for d in shape):
+        raise EttError(f"{where} has shape {json.dumps(shape)}; a shape is a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_natural(o) for o in offsets):
+        raise EttError(f"{where} has data_offsets {json.dumps(offsets)}; expected two non-negative integers")
+    s, e = offsets
+    want = math.prod(shape) * DTYPES[code].itemsize
+    if e < s or e - s != want:
+        raise EttError(f"{where} has byte range [{s}, {e}) but its {code} shape {shape} needs {want} bytes")
+    return TensorInfo(name, code, tuple(shape), base + s, base + e)
+
+
+def _check_tiling(path: Path, infos, base: int, data_len: int) -> None:
+    """The tensors, in offset order, must cover the data buffer exactly: no gap, no overlap, nothing after."""
+    at, prev = 0, None
+    for info in sorted(infos, key=lambda i: (i.start, i.end)):
+        s, e = info.start - base, info.end - base
+        if s != at:
+            if prev is None:
+                what = f"leaves a gap of {s} bytes at the start of the data buffer"
+            else:
+                how = "overlaps" if s < at else f"leaves a gap of {s - at} bytes after"
+                what = f"{how} tensor '{prev.name}' (bytes [{prev.start - base}, {at}))"
+            raise EttError(
+                f"{path}: tensor '{info.name}' at bytes [{s}, {e}) {what}; "
+                "the tensors must tile the data buffer in order; the file is damaged"
+            )
+        at, prev = e, info
+    if at != data_len:
+        what = f"the last tensor '{prev.name}' ends at byte {at}" if prev is not None else "the header lists no tensors"
+        raise EttError(f"{path}: {what} but the data buffer holds {data_len} bytes; the file is truncated or damaged")
 
 
 def read_array(path: Path, info: TensorInfo, fh=None) -> np.ndarray:
@@ -166,25 +225,95 @@ class Source:
         return Source(info.dtype, info.shape, path=path, start=info.start, end=info.end)
 
 
+def check_output(path: str | os.PathLike) -> Path:
+    """Refuse an output path that an atomic write cannot replace safely; return it as a Path.
+
+    Its folder must exist, and the path itself must be new or a regular file: renaming over a device node,
+    a fifo, a socket or a folder would replace that special file with a regular one.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise EttError(f"{path}: its folder {path.parent} {what}; create it or choose another output path")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    if not stat.S_ISREG(mode):
+        raise EttError(f"{path}: exists and is {_kind(mode)}, not a regular file; choose another output path")
+    return path
+
+
+def _kind(mode: int) -> str:
+    for test, word in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a fifo"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return word
+    return "a special file"
+
+
+def write_error(path: Path, exc: OSError) -> EttError:
+    """An OSError met while writing ``path``, in ett's words: what failed, where, and what to do."""
+    reason = exc.strerror or str(exc)
+    folder = path.parent
+    name = Path(str(exc.filename)).name if exc.filename is not None else None
+    if name is not None and name != path.name and not name.startswith(f".{path.name}."):
+        # about another file: e.g. a source that vanished while its tensors were being copied
+        return EttError(f"{exc.filename}: {reason} (while writing {path})")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EttError(f"{path}: cannot write: no space left on the device holding {folder}; free space there")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return EttError(f"{path}: cannot write in {folder} ({reason}); choose a folder you can write to")
+    return EttError(f"{path}: cannot write ({reason})")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it."""
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, else remove it.
+
+    ``path`` is checked first (:func:`check_output`); an OSError while writing (a full disk, a read-only
+    folder) becomes an :class:`EttError`, and an interrupt or any other failure removes the temporary file.
+    """
     path = Path(path)
-    if not path.parent.exists():
-        raise EttError(f"{path}: its folder {path.parent} does not exist; create it or choose another -o")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path in _TEMPORARY:  # the temporary file of an enclosing atomic write: write it in place
+        try:
+            yield path
+        except OSError as exc:
+            raise write_error(_TEMPORARY[path], exc) from None
+        return
+    path = check_output(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp makes 0600 files; give the result the mode a plain open() would (or the replaced file's)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~umask)
+    _TEMPORARY[tmp_path] = path
     try:
+        # mkstemp makes 0600 files; give the result the mode a plain open() would (or the replaced file's)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~umask)
         yield tmp_path
+        commit_point()
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
+    finally:
+        del _TEMPORARY[tmp_path]
+
+
+_TEMPORARY: dict[Path, Path] = {}  # temporary files of atomic writes in progress -> the paths they become
 
 
 def write_file(path: str | os.PathLike, entries: Iterable[tuple[str, Source]], metadata: dict[str, str]) -> None:
@@ -230,10 +359,17 @@ def write_file(path: str | os.PathLike, entries: Iterable[tuple[str, Source]], m
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes."""
+    return sha256_files([path])
+
+
+def sha256_files(paths: Iterable[str | os.PathLike]) -> str:
+    """The hex sha256 of the files' bytes, read one after another in the order given."""
     import hashlib
 
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
+    for path in paths:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
     return h.hexdigest()

@@ -5,8 +5,11 @@ Supported inputs (DESIGN.md section 3):
 * ett tickets and plain state-dict safetensors (``X`` and optional ``X_mask``);
 * ``torch.nn.utils.prune`` state dicts (``X_orig`` + ``X_mask``), in safetensors or ``.pt``;
 * ``.pt`` / ``.pth`` state dicts, loaded with ``torch.load(weights_only=True)`` only;
-* open_lth / ElasticLTH level folders (``mask.pth`` + ``model_ep{E}_it{I}.pth``);
+* open_lth / ElasticLTH level folders (``mask.pth`` + ``model_ep{E}_it{I}.pth``, see :mod:`ettcli.open_lth`);
 * wrapper prefixes ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) are stripped.
+
+Files are recognised by their content, whatever their suffix. Written: ett tickets (``.safetensors``) and
+torch state dicts (``.pt`` / ``.pth``), see :meth:`Ticket.save`; level folders, see :mod:`ettcli.open_lth`.
 
 Reading safetensors never imports torch: tensors stay in the file (as byte ranges) until someone asks
 for their values, and masks are read eagerly because they are small and must be validated.
@@ -25,13 +28,11 @@ from ettcli import __version__
 from ettcli.arch import ArchSpec, infer_arch
 from ettcli.errors import EttError
 from ettcli.mask import Mask
-from ettcli.steps import Step
-from ettcli.stfile import Source, read_array, read_header, sha256_file, write_file
+from ettcli.stfile import Source, check_output, read_array, read_header, write_file
 
 FORMAT_VERSION = "1"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
-_CKPT = re.compile(r"^model_ep(\d+)_it(\d+)\.pth$")
 
 
 @dataclass
@@ -141,13 +142,86 @@ class Ticket:
             if name in self.masks:
                 yield name + "_mask", Source.of_array(self.masks[name].array)
 
-    def save(self, path: str | Path, **metadata: str) -> Path:
-        """Write an ett ticket atomically (temporary file beside ``path``, then rename)."""
+    def save(self, path: str | Path, *, fmt: str | None = None, **metadata: str) -> Path:
+        """Write the ticket atomically (temporary file beside ``path``, then rename), in the format its suffix names.
+
+        ``.safetensors``: an ett ticket (tensors, bool ``X_mask`` masks and metadata). ``.pt`` / ``.pth``: a torch
+        state dict of the same tensors and masks, loadable with ``torch.load(weights_only=True)``; it has no room
+        for metadata, so the rewind step and provenance are not kept. Any other suffix is refused (``fmt``,
+        "safetensors" or "torch", overrides the suffix, e.g. for a temporary file).
+        """
+        path = Path(path)
+        fmt = fmt or output_format(path)
+        if fmt == "torch":
+            return save_torch(self.state_dict(), path)
         meta = dict(self.metadata)
         meta.update({k.replace("__", "."): str(v) for k, v in metadata.items()})
         meta.update({"ett.format": FORMAT_VERSION, "ett.arch": self.arch.name, "ett.version": __version__})
         write_file(path, self.entries(), meta)
-        return Path(path)
+        return path
+
+    def state_dict(self) -> dict:
+        """The tensors and bool masks (``X``, ``X_mask``) as a dict of torch tensors, in module order (imports torch)."""
+        import torch
+
+        out = {}
+        for name, array in self.arrays():
+            out[name] = torch.from_numpy(np.array(array))  # a copy: file-backed arrays are read-only
+            if name in self.masks:
+                out[name + "_mask"] = torch.from_numpy(self.masks[name].array.copy())
+        return out
+
+    def zero_counts(self) -> dict[str, int]:
+        """How many entries of each tensor are exactly zero (masked or not)."""
+        return {name: int(array.size - np.count_nonzero(array)) for name, array in self.arrays()}
+
+    def masks_from_zeros(self) -> Ticket:
+        """The same ticket with every exact zero of a prunable tensor masked out (kept masks stay in force).
+
+        For checkpoints pruned by zeroing weights, e.g. ``torch.nn.utils.prune`` followed by ``prune.remove``,
+        which keeps no mask. A prunable tensor without zeros keeps its mask, or stays dense.
+        """
+        masks = dict(self.masks)
+        for name in self.prunable():
+            nonzero = self.array(name) != 0
+            if nonzero.all():
+                continue
+            masks[name] = Mask(np.require(nonzero & self.mask(name).array, requirements="C"))
+        return Ticket(dict(self.tensors), masks, dict(self.metadata), self.spec, self.path)
+
+
+SAVE_FORMATS = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch"}
+
+
+def output_format(path: str | Path) -> str:
+    """The format an output path's suffix names ("safetensors" or "torch"), once the path passes
+    :func:`~ettcli.stfile.check_output`; any other suffix is an EttError."""
+    path = check_output(path)
+    fmt = SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        what = f"suffix '{path.suffix}'" if path.suffix else "no suffix"
+        raise EttError(f"{path}: {what}; name the output .safetensors (an ett ticket) or .pt/.pth (a torch state dict)")
+    return fmt
+
+
+def save_torch(obj, path: str | Path) -> Path:
+    """``torch.save`` atomically, through a Python file so that a full disk is an OSError (an EttError here)."""
+    import os
+
+    import torch
+
+    from ettcli.stfile import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        try:
+            torch.save(obj, fh)
+        except RuntimeError as exc:  # torch wraps a failed write of the file in its own error
+            if isinstance(exc.__cause__ or exc.__context__, OSError):
+                raise (exc.__cause__ or exc.__context__) from None
+            raise
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
 
 
 def _info(name: str, src: Source):
@@ -157,19 +231,41 @@ def _info(name: str, src: Source):
 
 
 # --- reading ---------------------------------------------------------------------------------------------
-def read_ticket(path: str | Path) -> Ticket:
-    """Read any supported ticket layout (see the module docstring) and validate it against its architecture."""
+def read_ticket(path: str | Path, rewind_step: str | None = None) -> Ticket:
+    """Read any supported ticket layout (see the module docstring) and validate it against its architecture.
+
+    Files are recognised by their content (a torch zip or pickle, or safetensors), whatever their suffix.
+    ``rewind_step`` picks the model file of an open_lth level folder (see :func:`read_open_lth`).
+    """
     path = Path(path)
     if not path.exists():
         raise EttError(f"{path}: no such file or folder; check the path")
     if path.is_dir():
-        return _read_open_lth(path)
-    if path.suffix.lower() in TORCH_SUFFIXES or _is_zip(path):
+        from ettcli.open_lth import read_open_lth
+
+        return read_open_lth(path, rewind_step)
+    if rewind_step is not None:
+        raise EttError(f"{path}: a rewind step picks a model file of an open_lth level folder; this is one file")
+    kind = _sniff(path)
+    if kind in ("zip", "pickle") or (not kind and path.suffix.lower() in TORCH_SUFFIXES):
         raw = _torch_load(path)
         return _assemble({k: _to_numpy(v) for k, v in raw.items()}, {}, str(path), path)
     header = read_header(path)
     raw = {name: Source.of_file(path, info) for name, info in header.tensors.items()}
     return _assemble(raw, header.metadata, str(path), path)
+
+
+def _sniff(path: Path) -> str:
+    """ "zip" (torch's format), "safetensors", "pickle" (torch's legacy format) or "" (none of them)."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # pickle's PROTO opcode
+        return "pickle"
+    return ""
 
 
 def _is_zip(path: Path) -> bool:
@@ -235,24 +331,49 @@ def _finish(tensors, masks, metadata, where, path) -> Ticket:
 
 
 # --- torch-based readers (torch imported only here) -----------------------------------------------------
+_NEEDS = "save a state dict of tensors instead, e.g. torch.save(model.state_dict(), path)"
+
+
 def _torch_load(path: Path) -> dict:
+    """A state dict from a torch file, unpickling nothing but tensors (``weights_only=True``)."""
     import pickle
+    import warnings
 
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EttError(f"{path}: cannot read as a torch state dict with weights_only=True ({first})") from None
+        # torch warns about pickle protocols it may not read (and then refuses them): the error below says it all
+        with warnings.catch_warnings(), open(path, "rb") as fh:  # a file, so the suffix cannot pick the reader
+            warnings.simplefilter("ignore")
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise EttError(f"{path}: {_unpickling_problem(str(exc))}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        reason = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else "the file ends too early"
+        raise EttError(f"{path}: not a readable torch file, truncated or damaged ({reason})") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise EttError(f"{path}: expected a state dict (a dict of names to tensors)")
+        what = type(obj).__name__ if not isinstance(obj, dict) else "a dict with values other than tensors"
+        raise EttError(f"{path}: holds {what}, not a state dict (a dict of names to tensors); {_NEEDS}")
     return obj
+
+
+def _unpickling_problem(message: str) -> str:
+    """What torch's safe unpickler refused and what to do, in ett's words (never its advice to unpickle anyway)."""
+    detail = message.split("WeightsUnpickler error:", 1)[1].strip() if "WeightsUnpickler error:" in message else ""
+    if m := re.search(r"Unsupported global: GLOBAL ([\w.]+)", detail):
+        return f"it holds a pickled Python object ({m[1]}), and ett reads tensors only: {_NEEDS}"
+    if m := re.search(r"Unsupported operand (\d+)", detail):
+        return (
+            f"it was pickled with a protocol that torch's tensor-only loader cannot read (opcode {m[1]}); "
+            "save it again with torch.save's default protocol, e.g. torch.save(model.state_dict(), path)"
+        )
+    first = detail.splitlines()[0].strip().rstrip(".") if detail else ""
+    return f"it holds more than tensors{f' ({first})' if first else ''}, and ett reads tensors only: {_NEEDS}"
 
 
 def _to_numpy(t) -> np.ndarray:
@@ -262,49 +383,3 @@ def _to_numpy(t) -> np.ndarray:
     if t.dtype == torch.bfloat16:
         t = t.float()
     return t.contiguous().numpy()
-
-
-def _read_open_lth(folder: Path) -> Ticket:
-    """An open_lth / ElasticLTH level folder: mask.pth plus model_ep{E}_it{I}.pth checkpoints."""
-    if not (folder / "mask.pth").exists() and (folder / "main" / "mask.pth").exists():
-        folder = folder / "main"
-    mask_file = folder / "mask.pth"
-    ckpts = sorted(((int(m[1]), int(m[2])), p) for p in folder.iterdir() if (m := _CKPT.match(p.name)))
-    if not mask_file.exists() or not ckpts:
-        raise EttError(f"{folder}: not an open_lth level folder: expected mask.pth and model_ep{{E}}_it{{I}}.pth files")
-    after_zero = [c for c in ckpts if c[0] != (0, 0)]
-    (ep, it), model_file = (after_zero or ckpts)[0]
-    state = {k: _to_numpy(v) for k, v in _torch_load(model_file).items()}
-    raw_masks = {_strip(k): _to_numpy(v) for k, v in _torch_load(mask_file).items()}
-    stripped = {_strip(k): v for k, v in state.items()}
-    for name, m in raw_masks.items():
-        if name not in stripped:
-            raise EttError(f"{mask_file}: mask for '{name}' has no tensor in {model_file.name}")
-        stripped[name + "_mask"] = m
-    meta = {
-        "ett.rewind_step": str(Step(ep, it)),
-        "ett.source": str(folder),
-        "ett.source_sha256": sha256_file(model_file),
-    }
-    return _assemble(stripped, meta, str(folder), None)
-
-
-def write_open_lth(ticket: Ticket, folder: str | Path, step: str = "0ep0it") -> Path:
-    """Export an open_lth level folder: mask.pth (int 0/1 over every prunable tensor) and the weights."""
-    import torch
-
-    from ettcli.steps import parse_step
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    st = parse_step(step)
-    ep, it = st.ep, st.it
-    state = {n: torch.from_numpy(np.array(a)) for n, a in ticket.arrays()}
-    masks = {n: torch.from_numpy(ticket.mask(n).array.astype(np.int32)) for n in ticket.prunable()}
-    from ettcli.stfile import atomic_path
-
-    with atomic_path(folder / "mask.pth") as tmp:
-        torch.save(masks, tmp)
-    with atomic_path(folder / f"model_ep{ep}_it{it}.pth") as tmp:
-        torch.save(state, tmp)
-    return folder

@@ -26,7 +26,7 @@ from ettcli.arch import ArchSpec
 from ettcli.errors import EttError
 from ettcli.mask import Mask
 from ettcli.plan import Plan, make_plan
-from ettcli.ticket import Ticket, read_ticket
+from ettcli.ticket import Ticket, output_format, read_ticket
 
 CARRIED_METADATA = ("ett.rewind_step", "ett.dataset")
 OVERLAP_HASH_BYTES = 16 << 20  # hash sources at least this large while writing (see save_transformed)
@@ -202,7 +202,8 @@ def save_transformed(ticket: Ticket, out: str | Path, source: Path | None = None
         return ticket.save(out)
     from ettcli.stfile import atomic_path, sha256_file
 
-    if Path(source).stat().st_size < OVERLAP_HASH_BYTES:  # not worth a thread and a second fsync
+    small = Path(source).stat().st_size < OVERLAP_HASH_BYTES  # not worth a thread and a second fsync
+    if small or output_format(out) != "safetensors":  # a torch file has no header to patch
         return ticket.save(out, ett__source_sha256=sha256_file(source))
     import secrets
     import struct
@@ -212,7 +213,7 @@ def save_transformed(ticket: Ticket, out: str | Path, source: Path | None = None
     with ThreadPoolExecutor(1) as pool:
         digest = pool.submit(sha256_file, source)
         with atomic_path(out) as tmp:
-            ticket.save(tmp, ett__source_sha256=placeholder.decode())
+            ticket.save(tmp, fmt="safetensors", ett__source_sha256=placeholder.decode())
             value = digest.result().encode()
             with open(tmp, "r+b") as fh:
                 (n,) = struct.unpack("<Q", fh.read(8))

@@ -61,7 +61,7 @@ def test_failed_write_leaves_old_file_and_no_temporaries(tmp_path):
     write_file(path, [("a", Source.of_array(np.ones(3, np.float32)))], {})
     before = path.read_bytes()
     missing = Source("F32", (3,), path=tmp_path / "gone.safetensors", start=0, end=12)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(EttError, match="gone.safetensors: No such file"):
         write_file(path, [("a", missing)], {})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
@@ -101,3 +101,60 @@ def test_bad_headers(tmp_path, case, fragment):
     with pytest.raises(EttError) as exc:
         read_header(path)
     assert fragment in str(exc.value) and str(path) in str(exc.value)
+
+
+def _entry(shape, offsets, dtype="F32"):
+    return {"dtype": dtype, "shape": shape, "data_offsets": offsets}
+
+
+@pytest.mark.parametrize(
+    "header, data_len, name, fragment",
+    [
+        ({"a": _entry([2], [0, 8]), "b": _entry([2], [12, 20])}, 20, "b", "gap of 4 bytes"),  # shifted
+        ({"a": _entry([2], [4, 12])}, 12, "a", "gap of 4 bytes"),  # shifted from the start
+        ({"a": _entry([2], [0, 8]), "b": _entry([2], [0, 8])}, 8, "b", "overlaps"),  # sharing bytes
+        ({"a": _entry([2], [0, 8]), "b": _entry([2], [4, 12])}, 12, "b", "overlaps"),
+        ({"b": _entry([2], [8, 16]), "a": _entry([2], [0, 8])}, 20, "b", "ends at byte 16"),  # bytes left over
+        ({"a": _entry([2], [0.0, 8])}, 8, "a", "data_offsets [0.0, 8]"),
+        ({"a": _entry([2], ["0", "8"])}, 8, "a", "two non-negative integers"),
+        ({"a": _entry([2], [False, 8])}, 8, "a", "two non-negative integers"),
+        ({"a": _entry([2], [0, 8, 8])}, 8, "a", "two non-negative integers"),
+        ({"a": _entry([2.5], [0, 8])}, 8, "a", "shape [2.5]"),
+        ({"a": _entry([2.0], [0, 8])}, 8, "a", "non-negative integers"),
+        ({"a": _entry([-2], [0, 8])}, 8, "a", "shape [-2]"),
+        ({"a": _entry([True, 2], [0, 8])}, 8, "a", "non-negative integers"),
+        ({"a": _entry([2], [8, 0])}, 8, "a", "byte range [8, 0)"),
+    ],
+)
+def test_damaged_headers_are_refused_naming_the_tensor(tmp_path, cli, header, data_len, name, fragment):
+    path = _raw(tmp_path, json.dumps(header).encode(), data=b"\0" * data_len)
+    with pytest.raises(EttError) as exc:
+        read_header(path)
+    assert f"tensor '{name}'" in str(exc.value) and fragment in str(exc.value) and str(path) in str(exc.value)
+    from conftest import assert_user_error
+
+    assert_user_error(cli("inspect", path), f"'{name}'", fragment)
+
+
+def test_duplicate_names_in_the_header_are_refused(tmp_path, cli):
+    from conftest import assert_user_error
+
+    a = json.dumps(_entry([2], [0, 8]))
+    path = _raw(tmp_path, f'{{"a":{a},"a":{a}}}'.encode(), data=b"\0" * 8)  # json.loads would keep one silently
+    with pytest.raises(EttError, match="tensor 'a' is listed twice"):
+        read_header(path)
+    assert_user_error(cli("inspect", path), "'a' is listed twice")
+    inner = '{"a":{"dtype":"F32","shape":[2],"shape":[1],"data_offsets":[0,8]}}'
+    with pytest.raises(EttError, match="tensor 'a'.*'shape' twice"):
+        read_header(_raw(tmp_path, inner.encode(), data=b"\0" * 8))
+
+
+def test_header_rules_accept_what_safetensors_writes(tmp_path):
+    """Zero-sized tensors, 0-d tensors, and keys in any order: valid files still read."""
+    from safetensors.numpy import save_file
+
+    arrays = {"z": np.zeros((0, 3), np.float32), "s": np.array(2.5, np.float64), "b": np.ones(3, np.bool_)}
+    save_file(arrays, tmp_path / "ok.safetensors")
+    h = read_header(tmp_path / "ok.safetensors")
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(read_array(h.path, h.tensors[k]), v)

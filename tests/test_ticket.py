@@ -71,9 +71,9 @@ def test_pth_refuses_pickled_objects(tmp_path, cli):
 
     path = tmp_path / "evil.pth"
     torch.save({"x": argparse.Namespace(cmd="anything")}, path)  # an arbitrary object, not a tensor
-    with pytest.raises(EttError, match="weights_only=True"):
+    with pytest.raises(EttError, match="pickled Python object"):
         read_ticket(path)
-    assert_user_error(cli("inspect", path), "evil.pth", "weights_only")
+    assert_user_error(cli("inspect", path), "evil.pth", "argparse.Namespace", "model.state_dict()")
 
 
 def test_torch_prune_state_dict(tmp_path):
@@ -99,63 +99,6 @@ def test_torch_prune_state_dict(tmp_path):
         np.testing.assert_array_equal(t.array("blocks.1.conv1.weight"), sd["blocks.1.conv1.weight_orig"].numpy())
         assert t.masks["blocks.1.conv1.weight"].kept == sd["blocks.1.conv1.weight_mask"].sum().item()
         assert abs(t.masks["blocks.1.conv1.weight"].sparsity - 0.5) < 1e-6
-
-
-def _open_lth_folder(tmp_path, with_rewind: bool = True):
-    from ettcli.arch import parse_arch
-    from ettcli.models import build_model
-
-    spec = parse_arch("imagenet_resnet_18_8")
-    folder = tmp_path / "lottery" / "level_3" / "main"
-    folder.mkdir(parents=True)
-    states = {}
-    for ep, it, seed in [(0, 0, 1), (0, 1000, 2), (2, 218, 3), (160, 0, 4)]:
-        if (ep, it) == (0, 1000) and not with_rewind:
-            continue
-        sd = {"model." + k: v for k, v in build_model(spec, seed=seed).state_dict().items()}
-        states[(ep, it)] = sd
-        torch.save(sd, folder / f"model_ep{ep}_it{it}.pth")
-    masks = {k: (torch.rand_like(v) > 0.7).int() for k, v in states[(0, 0)].items() if k.endswith("conv2.weight")}
-    torch.save(masks, folder / "mask.pth")
-    return folder, states, masks
-
-
-def test_open_lth_level_folder_takes_the_smallest_step_after_zero(tmp_path):
-    folder, states, masks = _open_lth_folder(tmp_path)
-    for path in (folder, folder.parent):  # the level folder or its main/ subfolder
-        t = read_ticket(path)
-        assert t.arch.name == "imagenet_resnet_18_8" and t.arch.prefix == "model."
-        assert t.metadata["ett.rewind_step"] == "1000it"
-        np.testing.assert_array_equal(t.array("model.conv1.weight"), states[(0, 1000)]["model.conv1.weight"].numpy())
-        assert set(t.masks) == set(masks)
-        name = "model.layer2.1.conv2.weight"
-        np.testing.assert_array_equal(t.masks[name].array, masks[name].numpy().astype(bool))
-
-
-def test_open_lth_without_rewind_checkpoint_uses_2ep218it(tmp_path):
-    folder, states, _ = _open_lth_folder(tmp_path, with_rewind=False)
-    assert read_ticket(folder).metadata["ett.rewind_step"] == "2ep218it"
-
-
-def test_convert_any_layout_to_ett_and_export_open_lth(tmp_path, cli):
-    folder, _, _ = _open_lth_folder(tmp_path)
-    out = tmp_path / "ticket.safetensors"
-    r = cli("convert", folder, "-o", out)
-    assert r.exit_code == 0, r.stderr
-    converted = read_ticket(out)
-    _same(read_ticket(folder), converted)
-    assert converted.metadata["ett.rewind_step"] == "1000it" and converted.metadata["ett.command"] == "ett convert"
-    # and back out to an open_lth level folder, which reads as the same ticket
-    exported = tmp_path / "exported"
-    r = cli("convert", out, "-o", exported, "--open-lth")
-    assert r.exit_code == 0, r.stderr
-    assert (exported / "mask.pth").exists() and (exported / "model_ep0_it1000.pth").exists()
-    mask = torch.load(exported / "mask.pth", weights_only=True)
-    assert all(v.dtype == torch.int32 for v in mask.values())
-    assert len(mask) == len(converted.prunable())  # every prunable tensor, dense ones as all-ones
-    _same_values = read_ticket(exported)
-    for name in converted.prunable():
-        assert _same_values.mask(name) == converted.mask(name)
 
 
 def test_convert_may_overwrite_its_input(tmp_path, cli):

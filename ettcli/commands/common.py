@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from dataclasses import dataclass
 from enum import Enum
@@ -11,7 +12,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from ettcli.errors import EttError
+from ettcli.errors import EttError, signal_name, take_held_signal
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -21,17 +22,27 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def handle_errors(fn):
-    """Turn EttError (and a missing file or a Ctrl-C) into one line on stderr and exit code 2 (130)."""
+    """Turn EttError into one line on stderr and exit code 2, and an interrupt into exit code 128 + signal.
+
+    An interrupt that arrives after the command's final output was committed (see ``final_output``) is
+    held: the command has succeeded, and a note says so.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        take_held_signal()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except EttError as exc:
             fail(str(exc))
-        except KeyboardInterrupt:
-            typer.echo("ett: interrupted", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            typer.echo(f"ett: interrupted by {signal_name(signum)}", err=True)
+            raise typer.Exit(128 + signum) from None
+        held = take_held_signal()
+        if held is not None:
+            typer.echo(f"ett: {signal_name(held)} arrived after the output was complete; it is kept", err=True)
+        return result
 
     return wrapper
 

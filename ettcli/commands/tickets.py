@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ettcli.commands.common import handle_errors, stdout_console
-from ettcli.errors import EttError
+from ettcli.errors import EttError, final_output
 
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -17,7 +17,7 @@ INSPECT_JSON_HELP = (
     "width, block, num_classes, sparsity (fraction of prunable weights whose mask is 0; 0.0 without masks), "
     "density, prunable (count), kept_prunable, total_params (parameters, buffers excluded), kept_params, "
     "stage_sparsity (per stage, stem and head excluded), tensors (name, shape, dtype, numel, prunable, masked, "
-    "kept, sparsity, role: stem/unit/head, stage, unit, buffer) and metadata (the file's __metadata__)."
+    "kept, sparsity, zeros (entries exactly 0, masked or not), role: stem/unit/head, stage, unit, buffer) and metadata (the file's __metadata__)."
 )
 
 
@@ -26,6 +26,7 @@ def summarize(ticket, file: str) -> dict:
     spec = ticket.arch
     rows = []
     total_params = kept_params = 0
+    zeros = ticket.zero_counts()
     for name, t in spec.tensors.items():
         shape = ticket.tensors[name].shape
         numel = 1
@@ -47,6 +48,7 @@ def summarize(ticket, file: str) -> dict:
                 "masked": mask is not None,
                 "kept": kept,
                 "sparsity": 1.0 - kept / numel if numel else 0.0,
+                "zeros": zeros[name],
                 "role": t.role,
                 "stage": t.stage,
                 "unit": t.unit,
@@ -86,6 +88,7 @@ def _render(info: dict, spec) -> None:
         ("shape", "left"),
         ("params", "right"),
         ("kept", "right"),
+        ("zeros", "right"),
         ("sparsity %", "right"),
         ("flags", "left"),
     ):
@@ -104,7 +107,7 @@ def _render(info: dict, spec) -> None:
                 label = f"stage {r['stage'] + 1} {spec.unit_word} {r['unit']}{ds}"
             else:
                 label = r["role"]
-            table.add_row(f"[bold]{label}[/bold]", "", "", "", "", "")
+            table.add_row(f"[bold]{label}[/bold]", "", "", "", "", "", "")
         flags = []
         if r["role"] in ("stem", "head"):
             flags.append(r["role"])
@@ -117,6 +120,7 @@ def _render(info: dict, spec) -> None:
             "x".join(map(str, r["shape"])),
             f"{r['numel']:,}",
             f"{r['kept']:,}",
+            f"{r['zeros']:,}",
             f"{100 * r['sparsity']:.2f}" if r["prunable"] else "-",
             " ".join(flags),
         )
@@ -128,8 +132,17 @@ def _render(info: dict, spec) -> None:
         f"per stage: {stages}\n"
         f"total parameters {info['total_params']:,}, kept {info['kept_params']:,}"
     )
+    unmasked = sum(r["zeros"] for r in info["tensors"] if r["prunable"] and not r["masked"])
+    if unmasked:
+        console.print(
+            f"{unmasked:,} weights of unmasked prunable tensors are exactly 0; "
+            "ett convert --masks-from-zeros turns them into masks"
+        )
     if info["metadata"]:
         console.print("metadata: " + ", ".join(f"{k}={v}" for k, v in sorted(info["metadata"].items())))
+
+
+REWIND_HELP = "open_lth level folders: the rewind step whose model file to read (e.g. 1000it, 2ep218it)."
 
 
 def register(app: typer.Typer) -> None:
@@ -138,11 +151,12 @@ def register(app: typer.Typer) -> None:
     def inspect(
         path: Path = typer.Argument(..., help="A ticket (.safetensors, .pt/.pth) or an open_lth level folder."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fields below)."),
+        rewind_step: str = typer.Option(None, "--rewind-step", metavar="STEP", help=REWIND_HELP),
     ) -> None:
         """Show a ticket's architecture, stages and units, and its per-tensor and global sparsity."""
         from ettcli.ticket import read_ticket
 
-        ticket = read_ticket(path)
+        ticket = read_ticket(path, rewind_step)
         info = summarize(ticket, str(path))
         if as_json:
             typer.echo(json.dumps(info))
@@ -153,19 +167,38 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def convert(
         src: Path = typer.Argument(..., help="Any supported ticket: safetensors, .pt/.pth, open_lth level folder."),
-        out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file (or folder with --open-lth)."),
+        out: Path = typer.Option(
+            ...,
+            "-o",
+            "--out",
+            help="Output: .safetensors (ett ticket) or .pt/.pth (torch state dict); a folder with --open-lth.",
+        ),
         open_lth: bool = typer.Option(False, "--open-lth", help="Write an open_lth level folder instead."),
+        force: bool = typer.Option(
+            False, "--force", help="With --open-lth: replace the level files of a non-empty folder."
+        ),
+        rewind_step: str = typer.Option(None, "--rewind-step", metavar="STEP", help=REWIND_HELP),
+        masks_from_zeros: bool = typer.Option(
+            False, "--masks-from-zeros", help="Mask out the exact zeros of prunable tensors (e.g. after prune.remove)."
+        ),
     ) -> None:
         """Convert a ticket in any supported layout into an ett ticket (or an open_lth level folder)."""
-        from ettcli.ticket import read_ticket, write_open_lth
+        from ettcli.ticket import output_format, read_ticket
 
-        ticket = read_ticket(src)
+        if force and not open_lth:
+            raise EttError("--force replaces the files of an open_lth level folder; it needs --open-lth")
+        if not open_lth:
+            output_format(out)  # refuse an unknown suffix before reading the source
+        ticket = read_ticket(src, rewind_step)
+        if masks_from_zeros:
+            ticket = ticket.masks_from_zeros()
         if open_lth:
-            step = ticket.metadata.get("ett.rewind_step", "0ep0it")
-            write_open_lth(ticket, out, step)
-            typer.echo(f"wrote open_lth level folder {out} ({ticket.arch.name}, rewind step {step})")
+            from ettcli.open_lth import write_open_lth
+
+            with final_output():
+                model = write_open_lth(ticket, out, force=force)
+                typer.echo(f"wrote open_lth level folder {out} ({ticket.arch.name}, weights in {model.name})")
             return
-        _check_out(out)
         meta = {"ett.command": "ett convert"}
         if src.is_file():
             from ettcli.stfile import sha256_file
@@ -173,8 +206,10 @@ def register(app: typer.Typer) -> None:
             meta.setdefault("ett.source_sha256", sha256_file(src))
         meta.setdefault("ett.source", str(src))
         ticket.metadata = {**meta, **ticket.metadata}
-        ticket.save(out)
-        typer.echo(f"wrote {out} ({ticket.arch.name}, sparsity {100 * ticket.sparsity():.2f}%)")
+        with final_output():
+            ticket.save(out)
+            note = ", a torch state dict without ett metadata" if output_format(out) == "torch" else ""
+            typer.echo(f"wrote {out} ({ticket.arch.name}, sparsity {100 * ticket.sparsity():.2f}%{note})")
 
     @app.command()
     @handle_errors
@@ -182,19 +217,21 @@ def register(app: typer.Typer) -> None:
         arch: str = typer.Argument(
             ..., help="Canonical name, e.g. cifar_resnet_20, imagenet_resnet_18_16, cifar_vgg_16."
         ),
-        out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file (or .pt/.pth)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the initialisation."),
         num_classes: int = typer.Option(10, "--num-classes", help="Classifier outputs."),
     ) -> None:
         """Write a freshly initialised dense ticket (open_lth init: Kaiming normal, BN gamma ~ U(0,1))."""
         from ettcli.arch import parse_arch
+        from ettcli.ticket import output_format
 
         spec = parse_arch(arch, num_classes=num_classes)
-        _check_out(out)
+        output_format(out)  # a bad -o is refused before the (slow) initialisation
         ticket = init_ticket(spec, seed)
-        ticket.save(out)
-        total, _ = ticket.counts()
-        typer.echo(f"wrote {out} ({spec.name}, {total:,} prunable weights, dense, seed {seed})")
+        with final_output():
+            ticket.save(out)
+            total, _ = ticket.counts()
+            typer.echo(f"wrote {out} ({spec.name}, {total:,} prunable weights, dense, seed {seed})")
 
 
 def init_ticket(spec, seed: int):
@@ -208,10 +245,3 @@ def init_ticket(spec, seed: int):
         arrays,
         metadata={"ett.seed": str(seed), "ett.init": "open_lth kaiming_normal", "ett.rewind_step": "0it"},
     )
-
-
-def _check_out(out: Path) -> None:
-    if out.is_dir():
-        raise EttError(f"{out}: is a folder; -o takes a .safetensors file path")
-    if not out.parent.exists():
-        raise EttError(f"{out}: folder {out.parent} does not exist; create it first")

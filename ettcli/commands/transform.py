@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from ettcli.commands.common import FastCommand, handle_errors
-from ettcli.errors import EttError
+from ettcli.errors import EttError, final_output
 from ettcli.plan import default_preset, preset_help, presets_for
 
 Order = Enum("Order", {name: name for name in presets_for("stretch")}, type=str)
@@ -158,21 +158,18 @@ def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out) -> Non
         verb,
     )
     out = out or default_output(src, plan.target)
-    if out.is_dir():
-        raise EttError(f"{out}: is a folder; -o takes a .safetensors file path")
-    if not out.parent.exists():
-        raise EttError(f"{out}: folder {out.parent} does not exist; create it first")
     target = apply_plan(ticket, plan, random_copies, verb, hash_source=False)
     target.metadata["ett.command"] = _command_line(verb, src, to, stages, option, preset, mapping, random_copies, out)
-    save_transformed(target, out, ticket.path)
-    how = f"{option[2:]} {plan.preset}" if plan.preset else "explicit mapping"
-    extra = f", random copies (seed {random_copies})" if random_copies is not None else ""
-    lines = [
-        f"wrote {out} ({plan.source.name} -> {plan.target.name}, {verb}, {how}{extra})",
-        f"plan: {plan.mapping}",
-        *_sparsity_lines(source_report(ticket), predict_sparsity(ticket, plan)),
-    ]
-    typer.echo("\n".join(lines))
+    with final_output():  # once the file is in place the command has succeeded, even if interrupted now
+        save_transformed(target, out, ticket.path)
+        how = f"{option[2:]} {plan.preset}" if plan.preset else "explicit mapping"
+        extra = f", random copies (seed {random_copies})" if random_copies is not None else ""
+        lines = [
+            f"wrote {out} ({plan.source.name} -> {plan.target.name}, {verb}, {how}{extra})",
+            f"plan: {plan.mapping}",
+            *_sparsity_lines(source_report(ticket), predict_sparsity(ticket, plan)),
+        ]
+        typer.echo("\n".join(lines))
 
 
 def register(app: typer.Typer) -> None:
