@@ -156,6 +156,7 @@ def imp(
     res = train_ticket(
         dense, settings, folder=level0, from_step="0it", snapshot_at=rewind, hooks=hooks_for(0), metadata=base_meta
     )
+    _stop_if_signalled(res)
     rewound = read_ticket(level0 / REWIND)
     _save_if_changed(rewound, level0 / TICKET, {**base_meta, "ett.imp_level": "0"})
     rows.append(_row(0, rewound, res, time.perf_counter() - t0))
@@ -183,12 +184,21 @@ def imp(
         ticket.metadata["ett.sparsity"] = f"{ticket.sparsity():.6f}"
         ticket = _save_if_changed(ticket, folder / TICKET, {})
         res = train_ticket(ticket, settings, folder=folder, hooks=hooks_for(level), metadata=base_meta)
+        _stop_if_signalled(res)
         rows.append(_row(level, ticket, res, time.perf_counter() - t0))
         if on_level:
             on_level(rows[-1])
         previous = folder
     top.write_json("levels.json", rows)
     return rows
+
+
+def _stop_if_signalled(res) -> None:
+    """A signal held while a level's final files were written ends IMP after that level (it is complete)."""
+    if res.late_signal is not None:
+        from ettcli.errors import Terminated
+
+        raise Terminated(res.late_signal)
 
 
 def _save_if_changed(ticket, path: Path, extra: dict):

@@ -178,11 +178,10 @@ def open_lth_epoch(ticket: Ticket) -> tuple[str, int, int]:
     recipe's (CIFAR 128, ImageNet 1024), as in open_lth's defaults.
     """
     from ettcli.data import get_dataset
-    from ettcli.recipe import RECIPES, recipe_for
+    from ettcli.recipe import FAMILY_DEFAULTS, recipe_for
 
-    family = recipe_for(ticket.arch.family)
-    ds = get_dataset(ticket.metadata.get("ett.dataset") or family.dataset)
-    batch = next((r.batch_size for r in RECIPES.values() if r.dataset == ds.name), family.batch_size)
+    ds = get_dataset(ticket.metadata.get("ett.dataset") or FAMILY_DEFAULTS.lookup(ticket.arch.family).dataset)
+    batch = recipe_for(ds.name).batch_size
     return ds.name, batch, math.ceil(ds.train_size / batch)
 
 

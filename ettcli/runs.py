@@ -150,10 +150,9 @@ class RunFolder:
         return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
     def save_checkpoint(self, state: dict) -> None:
-        import torch
+        from ettcli.ticket import save_torch
 
-        with atomic_path(self.file(CHECKPOINT)) as tmp:
-            torch.save({"identity": self.identity, **state}, tmp)
+        save_torch({"identity": self.identity, **state}, self.file(CHECKPOINT))
 
     def load_checkpoint(self, device) -> dict:
         import torch

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ettcli.errors import EttError
+from ettcli.errors import EttError, Terminated, final_output, take_held_signal
 from ettcli.feeders import Feeder, FolderFeeder, MemoryFeeder, iterations_per_epoch
 from ettcli.models import Masker, build_model, model_from_ticket, ticket_from_model
 from ettcli.recipe import FAMILY_DEFAULTS, Recipe, customise, recipe_for
@@ -153,6 +153,7 @@ class TrainResult:
     summary: dict
     folder: Path
     already_finished: bool
+    late_signal: int | None = None  # a signal that arrived once the run was complete on disk (it is kept)
 
 
 def train_ticket(
@@ -303,11 +304,13 @@ def train_ticket(
             )
             if stop_at:
                 meta["ett.rewind_step"] = summary["end_step"]
-            ticket_from_model(model, tk.masks, meta).save(run.file(FINAL))
-            run.write_json(SUMMARY, summary)
+            with final_output():  # once final.safetensors is in place, a signal is held, not raised
+                ticket_from_model(model, tk.masks, meta).save(run.file(FINAL))
+                run.write_json(SUMMARY, summary)
+        late = take_held_signal()
         if world > 1:
             torch.distributed.barrier()  # rank 0's files are complete before anyone returns
-        return TrainResult(summary, run.path, False)
+        return TrainResult(summary, run.path, False, late)
     finally:
         if own_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -426,7 +429,7 @@ class _StopRequest:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            raise Terminated(signum)
         self.requested, self.signum = True, signum
 
     def __exit__(self, *exc):

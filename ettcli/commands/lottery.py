@@ -107,8 +107,6 @@ def imp(
             err=True,
         )
         raise typer.Exit(128 + (exc.signum or signal.SIGINT)) from None
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, signal.SIG_IGN)  # every level is on disk: report, whatever arrives now
     _table(rows, out)
 
 

@@ -90,19 +90,14 @@ def train(
             err=True,
         )
         raise typer.Exit(128 + (exc.signum or signal.SIGINT)) from None
-    except KeyboardInterrupt:
-        if progress:
-            progress.close()
-        typer.echo("ett: interrupted; the last epoch's checkpoint is kept; rerun the same command to resume", err=True)
-        raise typer.Exit(130) from None
     finally:
         if progress:
             progress.close()
-    # the run is complete on disk: a signal from here on must not turn it into a reported failure
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, signal.SIG_IGN)
     if int(os.environ.get("RANK", "0")) == 0:
         _report(result.summary, result.folder, as_json, finished=result.already_finished)
+        if result.late_signal:
+            name = signal.Signals(result.late_signal).name
+            typer.echo(f"ett: {name} arrived after the run was complete; it is kept", err=True)
 
 
 def register(app: typer.Typer) -> None:
