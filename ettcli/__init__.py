@@ -24,6 +24,7 @@ _LAZY = {
     "squeeze": "ettcli.transform",
     "apply_plan": "ettcli.transform",
     "predict_sparsity": "ettcli.transform",
+    "SparsityReport": "ettcli.sparsity",
 }
 
 __all__ = ["__version__", *_LAZY]

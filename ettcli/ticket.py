@@ -25,6 +25,7 @@ from ettcli import __version__
 from ettcli.arch import ArchSpec, infer_arch
 from ettcli.errors import EttError
 from ettcli.mask import Mask
+from ettcli.sparsity import SparsityReport
 from ettcli.steps import Step
 from ettcli.stfile import Source, read_array, read_header, sha256_file, write_file
 
@@ -93,27 +94,38 @@ class Ticket:
     def prunable(self) -> list[str]:
         return [n for n, t in self.arch.tensors.items() if t.prunable]
 
+    def with_masks(self, masks: Mapping[str, np.ndarray | Mask]) -> Ticket:
+        """A new ticket with the same tensors and metadata under ``masks`` (a tensor left out is dense).
+
+        Masks may be :class:`Mask` values or bool / 0-1 arrays; each must name a prunable tensor and have
+        its shape, else :class:`EttError`.
+        """
+        where = str(self.path) if self.path else "ticket"
+        checked = {
+            k: v if isinstance(v, Mask) else Mask.from_values(np.asarray(v), k + "_mask", where)
+            for k, v in masks.items()
+        }
+        _check_masks(self.arch, self.tensors, checked, where)
+        return Ticket(dict(self.tensors), checked, dict(self.metadata), self.spec, self.path)
+
+    def sparsity_report(self) -> SparsityReport:
+        """Kept and total prunable weights per tensor, per stage and globally."""
+        return SparsityReport.of(self.arch, {n: m.kept for n, m in self.masks.items()})
+
     def counts(self, names: list[str] | None = None) -> tuple[int, int]:
         """(total, kept) over the given prunable tensors (all prunable tensors by default)."""
-        total = kept = 0
-        for n in names if names is not None else self.prunable():
-            numel = int(np.prod(self.tensors[n].shape, dtype=np.int64))
-            total += numel
-            kept += self.masks[n].kept if n in self.masks else numel
-        return total, kept
+        report = self.sparsity_report()
+        c = report.count if names is None else report.of_names(names)
+        return c.total, c.kept
 
     def sparsity(self, names: list[str] | None = None) -> float:
         """Fraction of prunable weights whose mask is 0 (0.0 for a dense ticket)."""
-        total, kept = self.counts(names)
-        return 1.0 - kept / total if total else 0.0
+        report = self.sparsity_report()
+        return (report.count if names is None else report.of_names(names)).sparsity
 
     def stage_sparsity(self) -> list[float]:
         """Sparsity of the prunable tensors of each stage's units (stem and head excluded)."""
-        out = []
-        for s in range(len(self.arch.stages)):
-            names = [n for n, t in self.arch.tensors.items() if t.prunable and t.stage == s]
-            out.append(self.sparsity(names))
-        return out
+        return list(self.sparsity_report().stages)
 
     # --- writing -----------------------------------------------------------------------------------------
     def entries(self) -> Iterator[tuple[str, Source]]:
@@ -201,12 +213,7 @@ def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | N
 
 def _finish(tensors, masks, metadata, where, path) -> Ticket:
     spec = infer_arch({k: v.shape for k, v in tensors.items()}, where)
-    for name, mask in masks.items():
-        if name not in tensors:
-            raise EttError(f"{where}: mask '{name}_mask' has no tensor '{name}'; add the tensor or drop the mask")
-        if not spec.tensors[name].prunable:
-            raise EttError(f"{where}: mask '{name}_mask' is on a tensor that is never pruned (biases and BatchNorm)")
-        mask.check_shape(tensors[name].shape, name, where)
+    _check_masks(spec, tensors, masks, where)
     stated = metadata.get("ett.arch")
     if stated and stated != spec.name:
         raise EttError(
@@ -214,6 +221,16 @@ def _finish(tensors, masks, metadata, where, path) -> Ticket:
             "fix or remove the metadata entry"
         )
     return Ticket(tensors, masks, dict(metadata), spec, path)
+
+
+def _check_masks(spec: ArchSpec, tensors: Mapping[str, Source], masks: Mapping[str, Mask], where: str) -> None:
+    """Every mask names a prunable tensor of ``spec`` and has its shape."""
+    for name, mask in masks.items():
+        if name not in tensors:
+            raise EttError(f"{where}: mask '{name}_mask' has no tensor '{name}'; add the tensor or drop the mask")
+        if not spec.tensors[name].prunable:
+            raise EttError(f"{where}: mask '{name}_mask' is on a tensor that is never pruned (biases and BatchNorm)")
+        mask.check_shape(tensors[name].shape, name, where)
 
 
 # --- torch-based readers (torch imported only here) -----------------------------------------------------

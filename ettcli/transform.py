@@ -17,7 +17,6 @@ Library use::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +25,11 @@ from ettcli.arch import ArchSpec
 from ettcli.errors import EttError
 from ettcli.mask import Mask
 from ettcli.plan import Plan, make_plan
+from ettcli.sparsity import SparsityReport
 from ettcli.ticket import Ticket, read_ticket
 
 CARRIED_METADATA = ("ett.rewind_step", "ett.dataset")
 OVERLAP_HASH_BYTES = 16 << 20  # hash sources at least this large while writing (see save_transformed)
-
-
-@dataclass(frozen=True)
-class SparsityReport:
-    """Global and per-stage sparsity of a ticket (fractions of prunable weights whose mask is 0)."""
-
-    arch: str
-    sparsity: float
-    stages: tuple[float, ...]
-    total: int
-    kept: int
 
 
 def _as_ticket(ticket_or_path) -> Ticket:
@@ -50,31 +39,18 @@ def _as_ticket(ticket_or_path) -> Ticket:
 
 
 def source_report(ticket: Ticket) -> SparsityReport:
-    total, kept = ticket.counts()
-    return SparsityReport(ticket.arch.name, ticket.sparsity(), tuple(ticket.stage_sparsity()), total, kept)
+    """The source's sparsity, to show beside :func:`predict_sparsity`'s."""
+    return ticket.sparsity_report()
 
 
 def predict_sparsity(ticket: Ticket, plan: Plan) -> SparsityReport:
     """The target's sparsity under ``plan``, counted from the source masks without building the ticket."""
     _check_plan_source(ticket, plan)
-    sources = plan.tensor_sources()
-    n_stages = len(plan.target.stages)
-    total = [0] * (n_stages + 1)  # per stage, then stem and head together
-    kept = [0] * (n_stages + 1)
-    for name, t in plan.target.tensors.items():
-        if not t.prunable:
-            continue
-        src = sources[name][0]
-        numel = int(np.prod(t.shape, dtype=np.int64))
-        k = ticket.masks[src].kept if src in ticket.masks else numel
-        slot = t.stage if t.stage is not None else n_stages
-        total[slot] += numel
-        kept[slot] += k
-    stages = tuple(1.0 - k / n if n else 0.0 for k, n in zip(kept[:n_stages], total[:n_stages]))
-    all_total, all_kept = sum(total), sum(kept)
-    return SparsityReport(
-        plan.target.name, 1.0 - all_kept / all_total if all_total else 0.0, stages, all_total, all_kept
-    )
+    kept = {}
+    for name, (src, _) in plan.tensor_sources().items():
+        if src in ticket.masks:
+            kept[name] = ticket.masks[src].kept
+    return SparsityReport.of(plan.target, kept)
 
 
 def _check_plan_source(ticket: Ticket, plan: Plan) -> None:

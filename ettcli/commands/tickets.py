@@ -24,6 +24,7 @@ INSPECT_JSON_HELP = (
 def summarize(ticket, file: str) -> dict:
     """The facts that ``inspect`` shows, as one JSON-ready dict."""
     spec = ticket.arch
+    report = ticket.sparsity_report()
     rows = []
     total_params = kept_params = 0
     for name, t in spec.tensors.items():
@@ -32,8 +33,8 @@ def summarize(ticket, file: str) -> dict:
         for d in shape:
             numel *= d
         buffer = name.rsplit(".", 1)[-1] in _BUFFERS
-        mask = ticket.masks.get(name)
-        kept = mask.kept if mask is not None else numel
+        count = report.tensors.get(name)
+        kept = count.kept if count is not None else numel
         if not buffer:
             total_params += numel
             kept_params += kept
@@ -44,16 +45,15 @@ def summarize(ticket, file: str) -> dict:
                 "dtype": ticket.tensors[name].dtype,
                 "numel": numel,
                 "prunable": t.prunable,
-                "masked": mask is not None,
+                "masked": name in ticket.masks,
                 "kept": kept,
-                "sparsity": 1.0 - kept / numel if numel else 0.0,
+                "sparsity": count.sparsity if count is not None else 0.0,
                 "role": t.role,
                 "stage": t.stage,
                 "unit": t.unit,
                 "buffer": buffer,
             }
         )
-    total, kept = ticket.counts()
     return {
         "file": file,
         "arch": spec.name,
@@ -62,13 +62,13 @@ def summarize(ticket, file: str) -> dict:
         "width": spec.width,
         "block": spec.block,
         "num_classes": spec.num_classes,
-        "sparsity": 1.0 - kept / total if total else 0.0,
-        "density": kept / total if total else 1.0,
-        "prunable": total,
-        "kept_prunable": kept,
+        "sparsity": report.sparsity,
+        "density": report.density,
+        "prunable": report.total,
+        "kept_prunable": report.kept,
         "total_params": total_params,
         "kept_params": kept_params,
-        "stage_sparsity": ticket.stage_sparsity(),
+        "stage_sparsity": list(report.stages),
         "tensors": rows,
         "metadata": dict(ticket.metadata),
     }
