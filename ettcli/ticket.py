@@ -6,7 +6,8 @@ Supported inputs (DESIGN.md section 3):
 * ``torch.nn.utils.prune`` state dicts (``X_orig`` + ``X_mask``), in safetensors or ``.pt``;
 * ``.pt`` / ``.pth`` state dicts, loaded with ``torch.load(weights_only=True)`` only;
 * open_lth / ElasticLTH level folders (``mask.pth`` + ``model_ep{E}_it{I}.pth``);
-* wrapper prefixes ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) are stripped.
+* wrapper prefixes that every name shares (``model.``, DDP's ``module.``, torch.compile's ``_orig_mod.``,
+  nested) are removed: a ticket holds the family's plain names.
 
 Reading safetensors never imports torch: tensors stay in the file (as byte ranges) until someone asks
 for their values, and masks are read eagerly because they are small and must be validated.
@@ -22,15 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from ettcli import __version__
-from ettcli.arch import ArchSpec, infer_arch
-from ettcli.errors import EttError
+from ettcli.arch import ArchSpec, infer_arch, strip_wrappers
+from ettcli.errors import EttError, warn
 from ettcli.mask import Mask
 from ettcli.sparsity import SparsityReport
 from ettcli.steps import Step
 from ettcli.stfile import Source, read_array, read_header, sha256_file, write_file
 
 FORMAT_VERSION = "1"
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 _CKPT = re.compile(r"^model_ep(\d+)_it(\d+)\.pth$")
 
@@ -171,22 +172,13 @@ def _is_zip(path: Path) -> bool:
         return fh.read(4) == b"PK\x03\x04"
 
 
-def _strip(name: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in WRAPPER_PREFIXES:
-            if name.startswith(p):
-                name, changed = name[len(p) :], True
-    return name
-
-
 def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | None) -> Ticket:
     """Normalise names (prefixes, prune's X_orig/X_mask), split masks from tensors, validate."""
     tensors: dict[str, Source] = {}
     mask_values: dict[str, object] = {}
+    plain = strip_wrappers(raw, where)
     for key, value in raw.items():
-        name = _strip(key)
+        name = plain[key]
         if name.endswith("_mask"):
             target, bucket = name[: -len("_mask")], mask_values
         elif name.endswith("_orig"):
@@ -214,6 +206,13 @@ def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | N
 def _finish(tensors, masks, metadata, where, path) -> Ticket:
     spec = infer_arch({k: v.shape for k, v in tensors.items()}, where)
     _check_masks(spec, tensors, masks, where)
+    integer = [n for n, t in spec.tensors.items() if t.prunable and tensors[n].dtype not in FLOAT_DTYPES]
+    if integer:
+        warn(
+            f"{where}: {len(integer)} conv/linear weight tensor{'s' if len(integer) > 1 else ''} hold integers "
+            f"(e.g. '{integer[0]}' is {tensors[integer[0]].dtype}); weights are expected as floats: save the float "
+            "state_dict, not a quantised or integer copy"
+        )
     stated = metadata.get("ett.arch")
     if stated and stated != spec.name:
         raise EttError(
@@ -274,8 +273,8 @@ def _read_open_lth(folder: Path) -> Ticket:
     after_zero = [c for c in ckpts if c[0] != (0, 0)]
     (ep, it), model_file = (after_zero or ckpts)[0]
     state = {k: _to_numpy(v) for k, v in _torch_load(model_file).items()}
-    raw_masks = {_strip(k): _to_numpy(v) for k, v in _torch_load(mask_file).items()}
-    stripped = {_strip(k): v for k, v in state.items()}
+    raw_masks = _unwrapped({k: _to_numpy(v) for k, v in _torch_load(mask_file).items()}, str(mask_file))
+    stripped = _unwrapped(state, str(model_file))
     for name, m in raw_masks.items():
         if name not in stripped:
             raise EttError(f"{mask_file}: mask for '{name}' has no tensor in {model_file.name}")
@@ -286,6 +285,11 @@ def _read_open_lth(folder: Path) -> Ticket:
         "ett.source_sha256": sha256_file(model_file),
     }
     return _assemble(stripped, meta, str(folder), None)
+
+
+def _unwrapped(values: dict, where: str) -> dict:
+    plain = strip_wrappers(values, where)
+    return {plain[k]: v for k, v in values.items()}
 
 
 def write_open_lth(ticket: Ticket, folder: str | Path, step: str = "0ep0it") -> Path:
