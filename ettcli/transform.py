@@ -58,9 +58,7 @@ def _check_plan_source(ticket: Ticket, plan: Plan) -> None:
         raise EttError(f"the plan is for {plan.source.name} but the ticket is {ticket.arch.name}")
 
 
-def apply_plan(
-    ticket: Ticket, plan: Plan, random_copies: int | None = None, verb: str | None = None, hash_source: bool = True
-) -> Ticket:
+def apply_plan(ticket: Ticket, plan: Plan, random_copies: int | None = None, hash_source: bool = True) -> Ticket:
     """The target ticket of ``plan``: every tensor of a unit copied for each of its copies, masks included.
 
     Stem, classifier and unit 0 of every stage are copied as they are. With ``random_copies`` (a seed),
@@ -71,6 +69,8 @@ def apply_plan(
     :func:`save_transformed` for a save that hashes the source while it writes).
     """
     _check_plan_source(ticket, plan)
+    if random_copies is not None and random_copies < 0:
+        raise EttError(f"the random-copies seed is {random_copies}; a seed is an integer of 0 or more")
     rng = np.random.default_rng(random_copies) if random_copies is not None else None
     tensors = {}
     masks: dict[str, Mask] = {}
@@ -83,7 +83,7 @@ def apply_plan(
             masks[name] = mask
     meta = {k: ticket.metadata[k] for k in CARRIED_METADATA if k in ticket.metadata}
     meta["ett.plan"] = plan.mapping
-    meta["ett.transform"] = verb or ("squeeze" if sum(plan.target.stages) < sum(plan.source.stages) else "stretch")
+    meta["ett.transform"] = plan.verb or "transform"
     if plan.preset:
         meta["ett.preset"] = plan.preset
     if random_copies is not None:
@@ -112,7 +112,7 @@ def transform(
     """Plan and apply a transform in either direction (see :func:`ettcli.plan.make_plan`)."""
     ticket = _as_ticket(ticket_or_path)
     plan = make_plan(ticket.arch, to, verb=verb, order=order, drop=drop, mapping=mapping, stages=stages)
-    return apply_plan(ticket, plan, random_copies, verb)
+    return apply_plan(ticket, plan, random_copies)
 
 
 def stretch(

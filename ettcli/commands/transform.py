@@ -43,7 +43,7 @@ def _sparsity_lines(src, dst) -> list[str]:
     return lines
 
 
-def _plan_info(plan, verb, src_report, dst_report) -> dict:
+def _plan_info(plan, src_report, dst_report) -> dict:
     stages = []
     for s in range(len(plan.fill)):
         stages.append(
@@ -62,7 +62,7 @@ def _plan_info(plan, verb, src_report, dst_report) -> dict:
     return {
         "source": plan.source.name,
         "target": plan.target.name,
-        "verb": verb,
+        "verb": plan.verb,
         "preset": plan.preset,
         "mapping": plan.mapping,
         "stages": stages,
@@ -71,10 +71,10 @@ def _plan_info(plan, verb, src_report, dst_report) -> dict:
     }
 
 
-def _plan_lines(plan, verb) -> list[str]:
+def _plan_lines(plan) -> list[str]:
     word = plan.source.unit_word
     how = f"preset {plan.preset}" if plan.preset else "explicit mapping"
-    lines = [f"plan {plan.source.name} -> {plan.target.name} ({verb or 'transform'}, {how})"]
+    lines = [f"plan {plan.source.name} -> {plan.target.name} ({plan.verb or 'transform'}, {how})"]
     for s in range(len(plan.fill)):
         n, m = plan.source.stages[s], plan.target.stages[s]
         lines.append(f"stage {s + 1}: {n} -> {m} {word}s")
@@ -112,16 +112,6 @@ def _plan(src, to, stages, order, drop, mapping, verb):
         stages=stages,
     )
     return ticket, plan
-
-
-def _verb_of(plan, verb):
-    if verb:
-        return verb
-    if plan.preset:
-        from ettcli.plan import PRESETS
-
-        return PRESETS[plan.preset].verb
-    return None
 
 
 def _command_line(verb, src, to, stages, option, preset, mapping, random_copies, out) -> str:
@@ -162,7 +152,7 @@ def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out) -> Non
         raise EttError(f"{out}: is a folder; -o takes a .safetensors file path")
     if not out.parent.exists():
         raise EttError(f"{out}: folder {out.parent} does not exist; create it first")
-    target = apply_plan(ticket, plan, random_copies, verb, hash_source=False)
+    target = apply_plan(ticket, plan, random_copies, hash_source=False)
     target.metadata["ett.command"] = _command_line(verb, src, to, stages, option, preset, mapping, random_copies, out)
     save_transformed(target, out, ticket.path)
     how = f"{option[2:]} {plan.preset}" if plan.preset else "explicit mapping"
@@ -191,12 +181,11 @@ def register(app: typer.Typer) -> None:
         from ettcli.transform import predict_sparsity, source_report
 
         ticket, p = _plan(src, to, stages, order, drop, mapping, None)
-        verb = _verb_of(p, None)
         src_report, dst_report = source_report(ticket), predict_sparsity(ticket, p)
         if as_json:
-            typer.echo(json.dumps(_plan_info(p, verb, src_report, dst_report)))
+            typer.echo(json.dumps(_plan_info(p, src_report, dst_report)))
             return
-        typer.echo("\n".join([*_plan_lines(p, verb), *_sparsity_lines(src_report, dst_report)]))
+        typer.echo("\n".join([*_plan_lines(p), *_sparsity_lines(src_report, dst_report)]))
 
     @app.command(cls=FastCommand)
     @handle_errors
