@@ -1,7 +1,7 @@
 """The ``ett`` command line. Thin: options become values, the core does the work, results are rendered.
 
 Nothing imported here at module level pulls in torch, so ``ett --help``, ``inspect`` and the transforms
-start fast.
+start fast. Each command group is a module of :mod:`ettcli.commands` with a ``register(app)`` function.
 """
 
 from __future__ import annotations
@@ -9,12 +9,11 @@ from __future__ import annotations
 import typer
 
 from ettcli import __version__
-from ettcli.commands import tickets
-from ettcli.commands.common import FastGroup
+from ettcli.commands import tickets, train, transform
+from ettcli.commands.common import EttTyper
 
-app = typer.Typer(
+app = EttTyper(
     name="ett",
-    cls=FastGroup,
     help="Elastic lottery tickets: inspect, stretch, squeeze, train and find sparse subnetworks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -37,15 +36,8 @@ def _root(
 
 
 tickets.register(app)
-
-for _name in ("transform", "train"):
-    try:
-        _mod = __import__(f"ettcli.commands.{_name}", fromlist=["register"])
-    except ModuleNotFoundError as _exc:  # a command group not present in this build
-        if _exc.name != f"ettcli.commands.{_name}":
-            raise
-    else:
-        _mod.register(app)
+transform.register(app)
+train.register(app)
 
 
 def main() -> None:

@@ -144,7 +144,10 @@ def test_convert_any_layout_to_ett_and_export_open_lth(tmp_path, cli):
     assert r.exit_code == 0, r.stderr
     converted = read_ticket(out)
     _same(read_ticket(folder), converted)
-    assert converted.metadata["ett.rewind_step"] == "1000it" and converted.metadata["ett.command"] == "ett convert"
+    assert (
+        converted.metadata["ett.rewind_step"] == "1000it"
+        and converted.metadata["ett.command"] == f"ett convert {folder} -o {out}"
+    )
     # and back out to an open_lth level folder, which reads as the same ticket
     exported = tmp_path / "exported"
     r = cli("convert", out, "-o", exported, "--open-lth")

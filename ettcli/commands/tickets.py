@@ -7,10 +7,12 @@ from pathlib import Path
 
 import typer
 
-from ettcli.commands.common import handle_errors, stdout_console
+from ettcli.arch import names_help
+from ettcli.commands.common import command_line, handle_errors, stdout_console
 from ettcli.errors import EttError
 
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+METADATA_SHOWN = 200  # characters of a metadata key or value that the table shows
 
 INSPECT_JSON_HELP = (
     "With --json, one JSON object on stdout: file, arch (canonical name), family, stages (units per stage), "
@@ -74,12 +76,20 @@ def summarize(ticket, file: str) -> dict:
     }
 
 
+def _shown(value: str) -> str:
+    """A metadata value as the table shows it: long values cut, with how to see them in full."""
+    if len(value) <= METADATA_SHOWN:
+        return value
+    return f"{value[:METADATA_SHOWN]}... ({len(value):,} characters; ett inspect --json shows them in full)"
+
+
 def _render(info: dict, spec) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     console = stdout_console()
     title = f"{info['file']}: {info['arch']} ({info['family']}, stages {info['stages']}, {info['num_classes']} classes)"
-    console.print(f"[bold]{title}[/bold]", highlight=False)
+    console.print(Text(title, style="bold"), highlight=False)
     table = Table(show_lines=False)
     for col, just in (
         ("tensor", "left"),
@@ -129,80 +139,99 @@ def _render(info: dict, spec) -> None:
         f"total parameters {info['total_params']:,}, kept {info['kept_params']:,}"
     )
     if info["metadata"]:
-        console.print("metadata: " + ", ".join(f"{k}={v}" for k, v in sorted(info["metadata"].items())))
+        lines = [f"  {_shown(k)}={_shown(v)}" for k, v in sorted(info["metadata"].items())]
+        console.print("\n".join(["metadata:", *lines]), markup=False, highlight=False)
+
+
+@handle_errors
+def inspect(
+    path: Path = typer.Argument(..., help="A ticket (.safetensors, .pt/.pth) or an open_lth level folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fields below)."),
+) -> None:
+    """Show a ticket's architecture, stages and units, and its per-tensor and global sparsity."""
+    from ettcli.ticket import read_ticket
+
+    ticket = read_ticket(path)
+    info = summarize(ticket, str(path))
+    if as_json:
+        typer.echo(json.dumps(info))
+    else:
+        _render(info, ticket.arch)
+
+
+@handle_errors
+def convert(
+    src: Path = typer.Argument(..., help="Any supported ticket: safetensors, .pt/.pth, open_lth level folder."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file (or folder with --open-lth)."),
+    open_lth: bool = typer.Option(False, "--open-lth", help="Write an open_lth level folder instead."),
+) -> None:
+    """Convert a ticket in any supported layout into an ett ticket (or an open_lth level folder)."""
+    from ettcli.ticket import read_ticket, write_open_lth
+
+    ticket = read_ticket(src)
+    if open_lth:
+        step = ticket.metadata.get("ett.rewind_step", "0ep0it")
+        write_open_lth(ticket, out, step)
+        typer.echo(f"wrote open_lth level folder {out} ({ticket.arch.name}, rewind step {step})")
+        return
+    _check_out(out)
+    meta = {}
+    if src.is_file():
+        from ettcli.stfile import sha256_file
+
+        meta.setdefault("ett.source_sha256", sha256_file(src))
+    meta.setdefault("ett.source", str(src))
+    ticket.metadata = {**meta, **ticket.metadata, "ett.command": command_line()}
+    ticket.save(out)
+    typer.echo(f"wrote {out} ({ticket.arch.name}, sparsity {100 * ticket.sparsity():.2f}%)")
+
+
+@handle_errors
+def init(
+    arch: str = typer.Argument(..., help="Canonical name, e.g. cifar_resnet_20, imagenet_resnet_18, cifar_vgg_16."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation."),
+    num_classes: int = typer.Option(10, "--num-classes", help="Classifier outputs (1 or more)."),
+) -> None:
+    """Write a freshly initialised dense ticket (open_lth init: Kaiming normal, BN gamma ~ U(0,1))."""
+    from ettcli.arch import parse_arch
+
+    spec = parse_arch(arch, num_classes=num_classes)
+    _check_out(out)
+    ticket = init_ticket(spec, seed)
+    ticket.metadata["ett.command"] = command_line()
+    ticket.save(out)
+    total, _ = ticket.counts()
+    typer.echo(f"wrote {out} ({spec.name}, {total:,} prunable weights, dense, seed {seed})")
+
+
+INSPECT_EPILOG = "Example: ett inspect r20.safetensors --json\n\n" + INSPECT_JSON_HELP
+CONVERT_EPILOG = "Example: ett convert level_3/main -o r20_l3.safetensors"
+INIT_EPILOG = f"Example: ett init cifar_resnet_20 -o r20.safetensors --seed 0\n\nArchitectures: {names_help()}"
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(epilog=INSPECT_JSON_HELP)
-    @handle_errors
-    def inspect(
-        path: Path = typer.Argument(..., help="A ticket (.safetensors, .pt/.pth) or an open_lth level folder."),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fields below)."),
-    ) -> None:
-        """Show a ticket's architecture, stages and units, and its per-tensor and global sparsity."""
-        from ettcli.ticket import read_ticket
-
-        ticket = read_ticket(path)
-        info = summarize(ticket, str(path))
-        if as_json:
-            typer.echo(json.dumps(info))
-        else:
-            _render(info, ticket.arch)
-
-    @app.command()
-    @handle_errors
-    def convert(
-        src: Path = typer.Argument(..., help="Any supported ticket: safetensors, .pt/.pth, open_lth level folder."),
-        out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file (or folder with --open-lth)."),
-        open_lth: bool = typer.Option(False, "--open-lth", help="Write an open_lth level folder instead."),
-    ) -> None:
-        """Convert a ticket in any supported layout into an ett ticket (or an open_lth level folder)."""
-        from ettcli.ticket import read_ticket, write_open_lth
-
-        ticket = read_ticket(src)
-        if open_lth:
-            step = ticket.metadata.get("ett.rewind_step", "0ep0it")
-            write_open_lth(ticket, out, step)
-            typer.echo(f"wrote open_lth level folder {out} ({ticket.arch.name}, rewind step {step})")
-            return
-        _check_out(out)
-        meta = {"ett.command": "ett convert"}
-        if src.is_file():
-            from ettcli.stfile import sha256_file
-
-            meta.setdefault("ett.source_sha256", sha256_file(src))
-        meta.setdefault("ett.source", str(src))
-        ticket.metadata = {**meta, **ticket.metadata}
-        ticket.save(out)
-        typer.echo(f"wrote {out} ({ticket.arch.name}, sparsity {100 * ticket.sparsity():.2f}%)")
-
-    @app.command()
-    @handle_errors
-    def init(
-        arch: str = typer.Argument(
-            ..., help="Canonical name, e.g. cifar_resnet_20, imagenet_resnet_18_16, cifar_vgg_16."
-        ),
-        out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the initialisation."),
-        num_classes: int = typer.Option(10, "--num-classes", help="Classifier outputs."),
-    ) -> None:
-        """Write a freshly initialised dense ticket (open_lth init: Kaiming normal, BN gamma ~ U(0,1))."""
-        from ettcli.arch import parse_arch
-
-        spec = parse_arch(arch, num_classes=num_classes)
-        _check_out(out)
-        ticket = init_ticket(spec, seed)
-        ticket.save(out)
-        total, _ = ticket.counts()
-        typer.echo(f"wrote {out} ({spec.name}, {total:,} prunable weights, dense, seed {seed})")
+    app.command(epilog=INSPECT_EPILOG)(inspect)
+    app.command(epilog=CONVERT_EPILOG)(convert)
+    app.command(epilog=INIT_EPILOG)(init)
 
 
 def init_ticket(spec, seed: int):
     """A dense ticket of ``spec`` with open_lth's initialisation (imports torch)."""
+    from ettcli.arch import check_fits_in_memory
     from ettcli.models import build_model
     from ettcli.ticket import Ticket
 
-    model = build_model(spec, seed=seed)
+    check_fits_in_memory(spec)
+    try:
+        model = build_model(spec, seed=seed)
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        raise EttError(
+            f"not enough memory to build {spec.name} ({spec.num_values:,} parameters and buffers); choose a "
+            "smaller width or depth, or free memory"
+        ) from None
     arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     return Ticket.from_arrays(
         arrays,
