@@ -209,7 +209,7 @@ def _finish(tensors, masks, metadata, where, path) -> Ticket:
     integer = [n for n, t in spec.tensors.items() if t.prunable and tensors[n].dtype not in FLOAT_DTYPES]
     if integer:
         warn(
-            f"{where}: {len(integer)} conv/linear weight tensor{'s' if len(integer) > 1 else ''} hold integers "
+            f"{where}: {len(integer)} conv/linear weight tensor{'s hold' if len(integer) > 1 else ' holds'} integers "
             f"(e.g. '{integer[0]}' is {tensors[integer[0]].dtype}); weights are expected as floats: save the float "
             "state_dict, not a quantised or integer copy"
         )
