@@ -29,7 +29,7 @@ def make_ticket(path: Path) -> int:
 
     ticket = init_ticket(parse_arch("imagenet_resnet_34", num_classes=1000), seed=0)
     rng = np.random.default_rng(0)
-    ticket.masks = {n: Mask(rng.random(ticket.tensors[n].shape) >= 0.7379) for n in ticket.prunable()}
+    ticket = ticket.with_masks({n: Mask(rng.random(ticket.tensors[n].shape) >= 0.7379) for n in ticket.prunable()})
     ticket.save(path)
     return path.stat().st_size
 

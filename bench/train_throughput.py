@@ -54,11 +54,7 @@ def load_images(n: int, tmp: Path) -> tuple[np.ndarray, np.ndarray, str]:
 
 def make_ticket(arch: str):
     ticket = init_ticket(parse_arch(arch), seed=0)
-    return ticket.with_masks(magnitude_masks(ticket, 0.8)) if hasattr(ticket, "with_masks") else _masked(ticket)
-
-
-def _masked(ticket):
-    ticket.masks = magnitude_masks(ticket, 0.8)
+    ticket = ticket.with_masks(magnitude_masks(ticket, 0.8))
     return ticket
 
 

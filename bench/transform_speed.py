@@ -46,7 +46,7 @@ def make_ticket(arch: str, classes: int, path: Path) -> None:
 
     ticket = init_ticket(parse_arch(arch, num_classes=classes), seed=0)
     rng = np.random.default_rng(0)
-    ticket.masks = {n: Mask(rng.random(ticket.tensors[n].shape) >= SPARSITY) for n in ticket.prunable()}
+    ticket = ticket.with_masks({n: Mask(rng.random(ticket.tensors[n].shape) >= SPARSITY) for n in ticket.prunable()})
     ticket.save(path)
 
 

@@ -28,6 +28,7 @@ _LAZY = {
     "train_ticket": "ettcli.train",
     "TrainSettings": "ettcli.train",
     "load_model": "ettcli.models",
+    "SparsityReport": "ettcli.sparsity",
 }
 
 __all__ = ["__version__", *_LAZY]

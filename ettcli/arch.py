@@ -22,8 +22,9 @@ A custom stage list that equals a standard one gets the standard name (cifar_vgg
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -43,6 +44,7 @@ class Family:
     default_width: int
     standard: Mapping[str, Mapping[int, tuple[int, ...]]]  # block type -> depth -> stages
     default_block: str
+    depth_rule: str = ""  # which depths are standard, where no table lists them
 
 
 FAMILIES: Registry[Family] = Registry("family")
@@ -53,7 +55,7 @@ def register(family: Family) -> Family:
 
 
 CIFAR_RESNET = register(
-    Family("cifar_resnet", "resnet", "block", 16, {"basic": {}}, "basic")  # any 6n+2 depth is standard
+    Family("cifar_resnet", "resnet", "block", 16, {"basic": {}}, "basic", "6n+2: 8, 14, 20, 32, 44, 56, 110, ...")
 )
 IMAGENET_RESNET = register(
     Family(
@@ -255,6 +257,55 @@ class ArchSpec:
     def units(self) -> list[tuple[int, int]]:
         return [(s, u) for s, n in enumerate(self.stages) for u in range(n)]
 
+    @property
+    def num_values(self) -> int:
+        """Entries of all tensors (parameters and buffers)."""
+        total = 0
+        for t in self.tensors.values():
+            n = 1
+            for d in t.shape:
+                n *= d
+            total += n
+        return total
+
+
+def check_fits_in_memory(spec: ArchSpec, bytes_per_value: int = 4) -> None:
+    """Refuse a network whose tensors alone (float32) exceed this machine's physical memory."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf here: let the allocation decide
+        return
+    need = spec.num_values * bytes_per_value
+    if need > memory:
+        raise EttError(
+            f"{spec.name} has {spec.num_values:,} parameters and buffers ({_gib(need)} as float32), more than "
+            f"this machine's memory ({_gib(memory)}); choose a smaller width or depth"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def names_help() -> str:
+    """The valid architecture names, from the family registry, for help texts."""
+    parts = []
+    for fam in FAMILIES.values():
+        if fam.depth_rule:
+            depths = fam.depth_rule
+        else:
+            default = fam.standard.get(fam.default_block, {})
+            depths = ", ".join(
+                f"{d}_{block}" if block != fam.default_block and d in default else str(d)
+                for block, table in fam.standard.items()
+                for d in sorted(table)
+            )
+        parts.append(f"{fam.name}_N (N = {depths}; stem width {fam.default_width})")
+    return (
+        "; ".join(parts) + ". Append _W for another stem width (cifar_resnet_20_32), or give the units per stage "
+        "instead of N (cifar_resnet_s3-5-7)."
+    )
+
 
 # --- names -----------------------------------------------------------------------------------------------
 _NAME = re.compile(
@@ -274,9 +325,11 @@ def _standard_stages(family: Family, block: str, depth: int, name: str) -> tuple
     table = family.standard.get(block, {})
     if depth not in table:
         known = ", ".join(f"{d}" for d in sorted(table))
+        near = table[min(table, key=lambda d: (abs(d - depth), d))] if table else (1,) * 4
         raise EttError(
             f"'{name}': no standard {family.name} of depth {depth} with {block} units (known: {known}); "
-            "give the stage lengths instead (e.g. --stages 2,3,4,3)"
+            f"give the units per stage instead, e.g. {family.name}_s{'-'.join(map(str, near))} "
+            f"(--stages {','.join(map(str, near))} in a transform)"
         )
     return table[depth]
 
@@ -312,7 +365,9 @@ def parse_arch(name: str, like: ArchSpec | None = None, num_classes: int | None 
         width = int(m["width"]) if m["width"] else family.default_width
         if width < 1:
             raise EttError(f"'{name}': width must be positive")
-        classes = num_classes or (like.num_classes if like else 10)
+        classes = num_classes if num_classes is not None else (like.num_classes if like else 10)
+        if classes < 1:
+            raise EttError(f"'{name}': a classifier needs at least 1 output, not {classes} (--num-classes)")
         prefix = like.prefix if like and like.family == family.name else ""
         return ArchSpec(family.name, stages, width, block, classes, prefix)
     s = _SHORT.match(text)
@@ -323,7 +378,7 @@ def parse_arch(name: str, like: ArchSpec | None = None, num_classes: int | None 
                 "(or use a canonical name such as cifar_resnet_56, imagenet_resnet_34, cifar_vgg_19)"
             )
         if FAMILIES[like.family].short != s["short"]:
-            raise EttError(f"'{name}' names a {s['short']} but the source is a {like.family} ({like.name})")
+            raise EttError(f"'{name}' names a {s['short']}, but the source is {like.name} (family {like.family})")
         family = like.fam
         stages = _standard_stages(family, like.block, int(s["depth"]), name)
         return replace(like, stages=stages)
@@ -345,13 +400,43 @@ def parse_stages(text: str) -> tuple[int, ...]:
     return stages
 
 
+# --- wrapper prefixes ------------------------------------------------------------------------------------
+WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.")  # Lightning / open_lth, DDP, torch.compile
+
+
+def strip_wrappers(names: Iterable[str], where: str = "ticket") -> dict[str, str]:
+    """Each name -> its plain name, without the wrapper prefixes that every name shares.
+
+    Wrappers nest (``module._orig_mod.conv.weight``: DDP around a compiled model), so prefixes are removed
+    one at a time for as long as all names carry the same one. A wrapper prefix on only some names is
+    refused: a ticket is one model's state_dict.
+    """
+    names = list(names)
+    plain = names
+    while plain:
+        shared = next((p for p in WRAPPER_PREFIXES if all(n.startswith(p) for n in plain)), None)
+        if shared is None:
+            break
+        plain = [n[len(shared) :] for n in plain]
+    wrapped = [(o, n) for o, n in zip(names, plain) if n.startswith(WRAPPER_PREFIXES)]
+    if wrapped:
+        original, name = wrapped[0]
+        prefix = next(p for p in WRAPPER_PREFIXES if name.startswith(p))
+        other = next(o for o, n in zip(names, plain) if not n.startswith(prefix))
+        raise EttError(
+            f"{where}: '{original}' has the wrapper prefix '{prefix}' but '{other}' does not; save the state_dict "
+            "of one model, with the same prefix on every name"
+        )
+    return dict(zip(names, plain))
+
+
 # --- inference -------------------------------------------------------------------------------------------
-_RES_IMAGENET = re.compile(r"^(?P<prefix>(?:model\.)?)layer(?P<stage>\d+)\.(?P<unit>\d+)\.")
+_RES_IMAGENET = re.compile(r"^layer(?P<stage>\d+)\.(?P<unit>\d+)\.")
 _RES_CIFAR = re.compile(r"^blocks\.(?P<unit>\d+)\.")
 _VGG = re.compile(r"^layers\.(?P<idx>\d+)\.conv\.weight$")
 _EXPECTED = (
     "expected the keys of a cifar_resnet (conv.weight, blocks.{i}.conv1.weight, fc.weight), an "
-    "imagenet_resnet ([model.]conv1.weight, layer{1-4}.{b}.conv1.weight, fc.weight) or a cifar_vgg "
+    "imagenet_resnet (conv1.weight, layer{1-4}.{b}.conv1.weight, fc.weight) or a cifar_vgg "
     "(layers.{i}.conv.weight, fc.weight)"
 )
 
@@ -372,10 +457,6 @@ def infer_arch(shapes: Mapping[str, tuple[int, ...]], where: str = "ticket") -> 
     cifar = [m for m in map(_RES_CIFAR.match, names) if m]
     vgg = [m for m in map(_VGG.match, names) if m]
     if imagenet:
-        prefixes = {m["prefix"] for m in imagenet}
-        if len(prefixes) > 1:
-            raise EttError(f"{where}: mixes keys with and without the 'model.' prefix")
-        prefix = prefixes.pop()
         per_stage: dict[int, set[int]] = {}
         for m in imagenet:
             per_stage.setdefault(int(m["stage"]), set()).add(int(m["unit"]))
@@ -388,10 +469,11 @@ def infer_arch(shapes: Mapping[str, tuple[int, ...]], where: str = "ticket") -> 
             if units != list(range(len(units))):
                 raise EttError(f"{where}: layer{s} has blocks {units}; expected 0..{len(units) - 1} without gaps")
             stages.append(len(units))
-        block = "bottleneck" if f"{prefix}layer1.0.conv3.weight" in shapes else "basic"
-        width = shape(f"{prefix}conv1.weight")[0]
-        classes = shape(f"{prefix}fc.weight")[0]
-        spec = ArchSpec("imagenet_resnet", tuple(stages), width, block, classes, prefix)
+        block = "bottleneck" if "layer1.0.conv3.weight" in shapes else "basic"
+        width = shape("conv1.weight")[0]
+        classes = shape("fc.weight")[0]
+        spec = ArchSpec("imagenet_resnet", tuple(stages), width, block, classes)
+        _refuse_variants(spec, shapes, where)
     elif cifar:
         ids = sorted({int(m["unit"]) for m in cifar})
         if ids != list(range(len(ids))):
@@ -430,6 +512,27 @@ def infer_arch(shapes: Mapping[str, tuple[int, ...]], where: str = "ticket") -> 
         raise EttError(f"{where}: parameter names match no known family: {_EXPECTED}; found {sample}")
     check_tensors(spec, shapes, where)
     return spec
+
+
+def _refuse_variants(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
+    """Name torchvision's ResNet variants that share the plain layout's keys but not its shapes."""
+    if spec.block != "bottleneck":
+        return
+    mid = spec.width
+    conv2 = tuple(shapes.get("layer1.0.conv2.weight", ()))
+    if len(conv2) == 4 and conv2[1] != conv2[0]:
+        groups = conv2[0] // conv2[1] if conv2[1] else 0
+        raise EttError(
+            f"{where}: unsupported variant: grouped convolutions ('layer1.0.conv2.weight' has shape {list(conv2)}, "
+            f"{groups} groups, as in ResNeXt); ett supports plain ResNets (torchvision resnet18 to resnet152)"
+        )
+    conv1 = tuple(shapes.get("layer1.0.conv1.weight", ()))
+    if conv1 and conv1[0] != mid:
+        raise EttError(
+            f"{where}: unsupported variant: widened bottlenecks ('layer1.0.conv1.weight' has {conv1[0]} output "
+            f"channels where a plain ResNet of stem width {spec.width} has {mid}, as in Wide ResNet); ett "
+            "supports plain ResNets (torchvision resnet18 to resnet152)"
+        )
 
 
 def check_tensors(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], where: str) -> None:

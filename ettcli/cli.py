@@ -1,7 +1,7 @@
 """The ``ett`` command line. Thin: options become values, the core does the work, results are rendered.
 
 Nothing imported here at module level pulls in torch, so ``ett --help``, ``inspect`` and the transforms
-start fast.
+start fast. Each command group is a module of :mod:`ettcli.commands` with a ``register(app)`` function.
 """
 
 from __future__ import annotations
@@ -9,12 +9,11 @@ from __future__ import annotations
 import typer
 
 from ettcli import __version__
-from ettcli.commands import lottery, tickets
-from ettcli.commands.common import FastGroup
+from ettcli.commands import lottery, tickets, train, transform
+from ettcli.commands.common import EttTyper
 
-app = typer.Typer(
+app = EttTyper(
     name="ett",
-    cls=FastGroup,
     help="Elastic lottery tickets: inspect, stretch, squeeze, train and find sparse subnetworks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -37,17 +36,10 @@ def _root(
 
 
 tickets.register(app)
+transform.register(app)
+train.register(app)
 
-for _name in ("transform", "train"):
-    try:
-        _mod = __import__(f"ettcli.commands.{_name}", fromlist=["register"])
-    except ModuleNotFoundError as _exc:  # a command group not present in this build
-        if _exc.name != f"ettcli.commands.{_name}":
-            raise
-    else:
-        _mod.register(app)
-
-prune_app = typer.Typer(
+prune_app = EttTyper(
     name="prune", help="Find tickets (IMP) and make pruning baselines at matched sparsity.", no_args_is_help=True
 )
 lottery.register(prune_app)

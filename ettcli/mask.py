@@ -30,9 +30,9 @@ class Mask:
             return Mask(np.require(values, requirements="C"))
         bad = (values != 0) & (values != 1)
         if bad.any():
-            example = values[bad].flat[0]
+            example = values[bad].flat[0].item()  # a plain Python number, printed as 0.5 (not np.float32(0.5))
             raise EttError(
-                f"{where}: mask '{name}' is not binary: found value {example!r} "
+                f"{where}: mask '{name}' is not binary: found value {example} "
                 f"({int(bad.sum())} entries not 0 or 1); masks keep (1) or prune (0) each weight"
             )
         return Mask(np.require(values != 0, requirements="C"))

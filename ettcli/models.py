@@ -267,8 +267,20 @@ def ticket_from_model(
 
 def init_ticket(spec: ArchSpec, seed: int) -> Ticket:
     """A dense ticket of ``spec`` with open_lth's initialisation, seeded; its rewind step is 0."""
+    from ettcli.arch import check_fits_in_memory
+
+    check_fits_in_memory(spec)
+    try:
+        model = build_model(spec, seed=seed)
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        raise EttError(
+            f"not enough memory to build {spec.name} ({spec.num_values:,} parameters and buffers); choose a "
+            "smaller width or depth, or free memory"
+        ) from None
     metadata = {"ett.seed": str(seed), "ett.init": "open_lth kaiming_normal", "ett.rewind_step": "0it"}
-    return ticket_from_model(build_model(spec, seed=seed), metadata=metadata)
+    return ticket_from_model(model, metadata=metadata)
 
 
 def load_model(ticket: Ticket | str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:

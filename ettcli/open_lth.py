@@ -29,7 +29,7 @@ import numpy as np
 from ettcli.errors import EttError
 from ettcli.steps import Step, parse_step
 from ettcli.stfile import atomic_path, sha256_files, write_error
-from ettcli.ticket import Ticket, _assemble, _strip, _to_numpy, _torch_load, save_torch
+from ettcli.ticket import Ticket, _assemble, _to_numpy, _torch_load, _unwrapped, save_torch
 
 MODEL_FILE = re.compile(r"^model_ep(\d+)_it(\d+)\.pth$")
 MASK = "mask.pth"
@@ -55,12 +55,11 @@ def read_open_lth(folder: str | Path, rewind_step: str | None = None) -> Ticket:
     if not mask_file.exists() or not models:
         raise EttError(f"{folder}: not an open_lth level folder: expected mask.pth and model_ep{{E}}_it{{I}}.pth files")
     model_file, step, meta = _rewind_model(folder, models, rewind_step)
-    state = {_strip(k): _to_numpy(v) for k, v in _torch_load(model_file).items()}
-    for k, v in _torch_load(mask_file).items():
-        name = _strip(k)
+    state = _unwrapped({k: _to_numpy(v) for k, v in _torch_load(model_file).items()}, str(model_file))
+    for name, v in _unwrapped({k: _to_numpy(v) for k, v in _torch_load(mask_file).items()}, str(mask_file)).items():
         if name not in state:
             raise EttError(f"{mask_file}: mask for '{name}' has no tensor in {model_file.name}")
-        state[name + "_mask"] = _to_numpy(v)
+        state[name + "_mask"] = v
     meta.update(
         {
             "ett.rewind_step": str(step),

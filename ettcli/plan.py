@@ -12,7 +12,7 @@ Grammar (DESIGN.md section 5)::
                                                                all stages have equal source and target lengths)
 
 A source unit that is not listed is dropped; one listed with several positions is replicated. A valid plan
-fills every target position exactly once, sends unit 0 of every stage (the downsampling unit) to position 0
+fills every target position exactly once, sends unit 0 of every stage (the stage's first unit) to position 0
 and nowhere else, keeps indices in range, and copies only tensors of equal shapes.
 
 Presets (the registry :data:`PRESETS` is the single source of the CLI's choices and help): with ``n`` normal
@@ -50,10 +50,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ettcli.arch import _NAME, ArchSpec, parse_arch, parse_stages
-from ettcli.errors import EttError
+from ettcli.errors import EttError, warn
 from ettcli.registry import Registry
 
 # --- presets ---------------------------------------------------------------------------------------------
@@ -150,16 +150,22 @@ class Plan:
 
     ``fill[s][j]`` is the stage-local index of the source unit copied to position ``j`` of stage ``s`` of
     the target. Stem, classifier and unit 0 of each stage are always copied as they are. ``preset`` names
-    the preset that built the plan (``None`` for a parsed mapping); it does not take part in equality.
+    the preset that built the plan (``None`` for a parsed mapping). ``verb`` is "stretch" or "squeeze":
+    given, or the preset's, or else the direction of the depths (:func:`direction`; ``None`` where some stages
+    grow and others shrink). Neither takes part in equality.
     """
 
     source: ArchSpec
     target: ArchSpec
     fill: tuple[tuple[int, ...], ...]
     preset: str | None = field(default=None, compare=False)
+    verb: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         src, dst = self.source, self.target
+        if self.verb is None:
+            verb = PRESETS[self.preset].verb if self.preset else direction(src, dst)
+            object.__setattr__(self, "verb", verb)
         if len(self.fill) != len(dst.stages) or len(src.stages) != len(dst.stages):
             raise EttError(
                 f"plan has {len(self.fill)} stage mappings; {src.name} has {len(src.stages)} stages and "
@@ -304,8 +310,8 @@ def _parse_stage(part: str, s: int, source: ArchSpec, target: ArchSpec) -> tuple
                 )
             if (i == 0) != (j == 0):
                 raise EttError(
-                    f"{where}, token '{token}': {word} 0 (the stage's first, downsampling {word}) must map to "
-                    f"position 0 and only there"
+                    f"{where}, token '{token}': {word} 0 ({_first_unit(source, s)}) must map to position 0 "
+                    "and only there"
                 )
             filled[j] = (i, token)
             _check_shapes(source, target, s, i, j, token)
@@ -318,6 +324,12 @@ def _parse_stage(part: str, s: int, source: ArchSpec, target: ArchSpec) -> tuple
             f"{'are' if len(empty) > 1 else 'is'} filled by no {word}; every position of the {n_dst} needs one"
         )
     return tuple(filled[j][0] for j in range(n_dst))
+
+
+def _first_unit(spec: ArchSpec, s: int) -> str:
+    """How messages name unit 0 of stage ``s``: downsampling only where it is."""
+    word = spec.unit_word
+    return f"the stage's first, downsampling {word}" if spec.has_shortcut(s, 0) else f"the stage's first {word}"
 
 
 def _check_shapes(source: ArchSpec, target: ArchSpec, s: int, i: int, j: int, token: str) -> None:
@@ -354,6 +366,17 @@ def build_plan(source: ArchSpec, target: ArchSpec, preset: str) -> Plan:
             )
         fill.append((0, *p.normal_fill(n, m)))
     return Plan(source, target, tuple(fill), preset=preset)
+
+
+def direction(source: ArchSpec, target: ArchSpec) -> str | None:
+    """The verb the depths imply: "stretch" where no stage gets shorter (equal depths included), "squeeze"
+    where no stage gets longer, ``None`` where some stages grow and others shrink."""
+    pairs = list(zip(source.stages, target.stages))
+    if all(b >= a for a, b in pairs):
+        return "stretch"
+    if all(b <= a for a, b in pairs):
+        return "squeeze"
+    return None
 
 
 def check_direction(source: ArchSpec, target: ArchSpec, verb: str) -> None:
@@ -401,8 +424,8 @@ def resolve_target(source: ArchSpec, to: str | ArchSpec | None = None, stages: s
         explicit_width = bool(m and m["width"])
     if target.family != source.family:
         raise EttError(
-            f"cannot transform a {source.family} ({source.name}) into a {target.family} ({target.name}); "
-            "a transform keeps the family"
+            f"cannot transform {source.name} (family {source.family}) into {target.name} (family "
+            f"{target.family}); a transform keeps the family"
         )
     if target.block != source.block:
         raise EttError(
@@ -452,23 +475,39 @@ def make_plan(
             if verb is not None and verb != want:
                 raise EttError(f"{option} is for {want}, not {verb}")
     if verb is None:
-        if order is not None:
-            verb = "stretch"
-        elif drop is not None:
-            verb = "squeeze"
-        elif all(b >= a for a, b in zip(spec.stages, target.stages)):
-            verb = "stretch"
-        elif all(b <= a for a, b in zip(spec.stages, target.stages)):
-            verb = "squeeze"
+        verb = "stretch" if order is not None else "squeeze" if drop is not None else direction(spec, target)
     if verb is not None:
         check_direction(spec, target, verb)
     if mapping is not None:
-        return Plan.parse(mapping, spec, target)
-    if verb is None:
+        plan = replace(Plan.parse(mapping, spec, target), verb=verb)
+    elif verb is None:
         raise EttError(
             f"{spec.name} -> {target.name} lengthens some stages and shortens others; give the plan with --mapping"
         )
-    return build_plan(spec, target, order or drop or default_preset(verb))
+    else:
+        plan = replace(build_plan(spec, target, order or drop or default_preset(verb)), verb=verb)
+    _warn_if_surprising(plan)
+    return plan
+
+
+def _warn_if_surprising(plan: Plan) -> None:
+    """Accepted but probably not meant: an identity copy, or a stretch that drops units."""
+    if plan.target.stages == plan.source.stages and all(row == tuple(range(len(row))) for row in plan.fill):
+        warn(
+            f"the target {plan.target.name} is the source's own depth: the output is a copy of the ticket "
+            "(every unit in its place)"
+        )
+    if plan.verb == "stretch":
+        dropped = [
+            f"stage {s + 1} {plan.source.unit_word} {', '.join(map(str, plan.dropped(s)))}"
+            for s in range(len(plan.fill))
+            if plan.dropped(s)
+        ]
+        if dropped:
+            warn(
+                f"the stretch drops {'; '.join(dropped)} (mapping {plan.mapping}): their weights and masks are "
+                "not in the output; list every unit in the mapping to keep it"
+            )
 
 
 def _spec_of(source) -> ArchSpec:

@@ -6,7 +6,8 @@ Supported inputs (DESIGN.md section 3):
 * ``torch.nn.utils.prune`` state dicts (``X_orig`` + ``X_mask``), in safetensors or ``.pt``;
 * ``.pt`` / ``.pth`` state dicts, loaded with ``torch.load(weights_only=True)`` only;
 * open_lth / ElasticLTH level folders (``mask.pth`` + ``model_ep{E}_it{I}.pth``, see :mod:`ettcli.open_lth`);
-* wrapper prefixes ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) are stripped.
+* wrapper prefixes that every name shares (``model.``, DDP's ``module.``, torch.compile's ``_orig_mod.``,
+  nested) are removed: a ticket holds the family's plain names.
 
 Files are recognised by their content, whatever their suffix. Written: ett tickets (``.safetensors``) and
 torch state dicts (``.pt`` / ``.pth``), see :meth:`Ticket.save`; level folders, see :mod:`ettcli.open_lth`.
@@ -25,13 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from ettcli import __version__
-from ettcli.arch import ArchSpec, infer_arch
-from ettcli.errors import EttError
+from ettcli.arch import ArchSpec, infer_arch, strip_wrappers
+from ettcli.errors import EttError, warn
 from ettcli.mask import Mask
+from ettcli.sparsity import SparsityReport
 from ettcli.stfile import Source, check_output, read_array, read_header, write_file
 
 FORMAT_VERSION = "1"
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
@@ -112,27 +114,38 @@ class Ticket:
     def prunable(self) -> list[str]:
         return [n for n, t in self.arch.tensors.items() if t.prunable]
 
+    def with_masks(self, masks: Mapping[str, np.ndarray | Mask]) -> Ticket:
+        """A new ticket with the same tensors and metadata under ``masks`` (a tensor left out is dense).
+
+        Masks may be :class:`Mask` values or bool / 0-1 arrays; each must name a prunable tensor and have
+        its shape, else :class:`EttError`.
+        """
+        where = str(self.path) if self.path else "ticket"
+        checked = {
+            k: v if isinstance(v, Mask) else Mask.from_values(np.asarray(v), k + "_mask", where)
+            for k, v in masks.items()
+        }
+        _check_masks(self.arch, self.tensors, checked, where)
+        return Ticket(dict(self.tensors), checked, dict(self.metadata), self.spec, self.path)
+
+    def sparsity_report(self) -> SparsityReport:
+        """Kept and total prunable weights per tensor, per stage and globally."""
+        return SparsityReport.of(self.arch, {n: m.kept for n, m in self.masks.items()})
+
     def counts(self, names: list[str] | None = None) -> tuple[int, int]:
         """(total, kept) over the given prunable tensors (all prunable tensors by default)."""
-        total = kept = 0
-        for n in names if names is not None else self.prunable():
-            numel = int(np.prod(self.tensors[n].shape, dtype=np.int64))
-            total += numel
-            kept += self.masks[n].kept if n in self.masks else numel
-        return total, kept
+        report = self.sparsity_report()
+        c = report.count if names is None else report.of_names(names)
+        return c.total, c.kept
 
     def sparsity(self, names: list[str] | None = None) -> float:
         """Fraction of prunable weights whose mask is 0 (0.0 for a dense ticket)."""
-        total, kept = self.counts(names)
-        return 1.0 - kept / total if total else 0.0
+        report = self.sparsity_report()
+        return (report.count if names is None else report.of_names(names)).sparsity
 
     def stage_sparsity(self) -> list[float]:
         """Sparsity of the prunable tensors of each stage's units (stem and head excluded)."""
-        out = []
-        for s in range(len(self.arch.stages)):
-            names = [n for n, t in self.arch.tensors.items() if t.prunable and t.stage == s]
-            out.append(self.sparsity(names))
-        return out
+        return list(self.sparsity_report().stages)
 
     # --- writing -----------------------------------------------------------------------------------------
     def entries(self) -> Iterator[tuple[str, Source]]:
@@ -273,22 +286,13 @@ def _is_zip(path: Path) -> bool:
         return fh.read(4) == b"PK\x03\x04"
 
 
-def _strip(name: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in WRAPPER_PREFIXES:
-            if name.startswith(p):
-                name, changed = name[len(p) :], True
-    return name
-
-
 def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | None) -> Ticket:
     """Normalise names (prefixes, prune's X_orig/X_mask), split masks from tensors, validate."""
     tensors: dict[str, Source] = {}
     mask_values: dict[str, object] = {}
+    plain = strip_wrappers(raw, where)
     for key, value in raw.items():
-        name = _strip(key)
+        name = plain[key]
         if name.endswith("_mask"):
             target, bucket = name[: -len("_mask")], mask_values
         elif name.endswith("_orig"):
@@ -315,12 +319,14 @@ def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | N
 
 def _finish(tensors, masks, metadata, where, path) -> Ticket:
     spec = infer_arch({k: v.shape for k, v in tensors.items()}, where)
-    for name, mask in masks.items():
-        if name not in tensors:
-            raise EttError(f"{where}: mask '{name}_mask' has no tensor '{name}'; add the tensor or drop the mask")
-        if not spec.tensors[name].prunable:
-            raise EttError(f"{where}: mask '{name}_mask' is on a tensor that is never pruned (biases and BatchNorm)")
-        mask.check_shape(tensors[name].shape, name, where)
+    _check_masks(spec, tensors, masks, where)
+    integer = [n for n, t in spec.tensors.items() if t.prunable and tensors[n].dtype not in FLOAT_DTYPES]
+    if integer:
+        warn(
+            f"{where}: {len(integer)} conv/linear weight tensor{'s hold' if len(integer) > 1 else ' holds'} integers "
+            f"(e.g. '{integer[0]}' is {tensors[integer[0]].dtype}); weights are expected as floats: save the float "
+            "state_dict, not a quantised or integer copy"
+        )
     stated = metadata.get("ett.arch")
     if stated and stated != spec.name:
         raise EttError(
@@ -328,6 +334,16 @@ def _finish(tensors, masks, metadata, where, path) -> Ticket:
             "fix or remove the metadata entry"
         )
     return Ticket(tensors, masks, dict(metadata), spec, path)
+
+
+def _check_masks(spec: ArchSpec, tensors: Mapping[str, Source], masks: Mapping[str, Mask], where: str) -> None:
+    """Every mask names a prunable tensor of ``spec`` and has its shape."""
+    for name, mask in masks.items():
+        if name not in tensors:
+            raise EttError(f"{where}: mask '{name}_mask' has no tensor '{name}'; add the tensor or drop the mask")
+        if not spec.tensors[name].prunable:
+            raise EttError(f"{where}: mask '{name}_mask' is on a tensor that is never pruned (biases and BatchNorm)")
+        mask.check_shape(tensors[name].shape, name, where)
 
 
 # --- torch-based readers (torch imported only here) -----------------------------------------------------
@@ -383,3 +399,9 @@ def _to_numpy(t) -> np.ndarray:
     if t.dtype == torch.bfloat16:
         t = t.float()
     return t.contiguous().numpy()
+
+
+def _unwrapped(values: dict, where: str) -> dict:
+    """``values`` under the family's plain names (wrapper prefixes that every name shares removed)."""
+    plain = strip_wrappers(values, where)
+    return {plain[k]: v for k, v in values.items()}

@@ -17,7 +17,6 @@ Library use::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +25,11 @@ from ettcli.arch import ArchSpec
 from ettcli.errors import EttError
 from ettcli.mask import Mask
 from ettcli.plan import Plan, make_plan
+from ettcli.sparsity import SparsityReport
 from ettcli.ticket import Ticket, output_format, read_ticket
 
 CARRIED_METADATA = ("ett.rewind_step", "ett.dataset")
 OVERLAP_HASH_BYTES = 16 << 20  # hash sources at least this large while writing (see save_transformed)
-
-
-@dataclass(frozen=True)
-class SparsityReport:
-    """Global and per-stage sparsity of a ticket (fractions of prunable weights whose mask is 0)."""
-
-    arch: str
-    sparsity: float
-    stages: tuple[float, ...]
-    total: int
-    kept: int
 
 
 def _as_ticket(ticket_or_path) -> Ticket:
@@ -50,31 +39,18 @@ def _as_ticket(ticket_or_path) -> Ticket:
 
 
 def source_report(ticket: Ticket) -> SparsityReport:
-    total, kept = ticket.counts()
-    return SparsityReport(ticket.arch.name, ticket.sparsity(), tuple(ticket.stage_sparsity()), total, kept)
+    """The source's sparsity, to show beside :func:`predict_sparsity`'s."""
+    return ticket.sparsity_report()
 
 
 def predict_sparsity(ticket: Ticket, plan: Plan) -> SparsityReport:
     """The target's sparsity under ``plan``, counted from the source masks without building the ticket."""
     _check_plan_source(ticket, plan)
-    sources = plan.tensor_sources()
-    n_stages = len(plan.target.stages)
-    total = [0] * (n_stages + 1)  # per stage, then stem and head together
-    kept = [0] * (n_stages + 1)
-    for name, t in plan.target.tensors.items():
-        if not t.prunable:
-            continue
-        src = sources[name][0]
-        numel = int(np.prod(t.shape, dtype=np.int64))
-        k = ticket.masks[src].kept if src in ticket.masks else numel
-        slot = t.stage if t.stage is not None else n_stages
-        total[slot] += numel
-        kept[slot] += k
-    stages = tuple(1.0 - k / n if n else 0.0 for k, n in zip(kept[:n_stages], total[:n_stages]))
-    all_total, all_kept = sum(total), sum(kept)
-    return SparsityReport(
-        plan.target.name, 1.0 - all_kept / all_total if all_total else 0.0, stages, all_total, all_kept
-    )
+    kept = {}
+    for name, (src, _) in plan.tensor_sources().items():
+        if src in ticket.masks:
+            kept[name] = ticket.masks[src].kept
+    return SparsityReport.of(plan.target, kept)
 
 
 def _check_plan_source(ticket: Ticket, plan: Plan) -> None:
@@ -82,9 +58,7 @@ def _check_plan_source(ticket: Ticket, plan: Plan) -> None:
         raise EttError(f"the plan is for {plan.source.name} but the ticket is {ticket.arch.name}")
 
 
-def apply_plan(
-    ticket: Ticket, plan: Plan, random_copies: int | None = None, verb: str | None = None, hash_source: bool = True
-) -> Ticket:
+def apply_plan(ticket: Ticket, plan: Plan, random_copies: int | None = None, hash_source: bool = True) -> Ticket:
     """The target ticket of ``plan``: every tensor of a unit copied for each of its copies, masks included.
 
     Stem, classifier and unit 0 of every stage are copied as they are. With ``random_copies`` (a seed),
@@ -95,6 +69,8 @@ def apply_plan(
     :func:`save_transformed` for a save that hashes the source while it writes).
     """
     _check_plan_source(ticket, plan)
+    if random_copies is not None and random_copies < 0:
+        raise EttError(f"the random-copies seed is {random_copies}; a seed is an integer of 0 or more")
     rng = np.random.default_rng(random_copies) if random_copies is not None else None
     tensors = {}
     masks: dict[str, Mask] = {}
@@ -107,7 +83,7 @@ def apply_plan(
             masks[name] = mask
     meta = {k: ticket.metadata[k] for k in CARRIED_METADATA if k in ticket.metadata}
     meta["ett.plan"] = plan.mapping
-    meta["ett.transform"] = verb or ("squeeze" if sum(plan.target.stages) < sum(plan.source.stages) else "stretch")
+    meta["ett.transform"] = plan.verb or "transform"
     if plan.preset:
         meta["ett.preset"] = plan.preset
     if random_copies is not None:
@@ -136,7 +112,7 @@ def transform(
     """Plan and apply a transform in either direction (see :func:`ettcli.plan.make_plan`)."""
     ticket = _as_ticket(ticket_or_path)
     plan = make_plan(ticket.arch, to, verb=verb, order=order, drop=drop, mapping=mapping, stages=stages)
-    return apply_plan(ticket, plan, random_copies, verb)
+    return apply_plan(ticket, plan, random_copies)
 
 
 def stretch(

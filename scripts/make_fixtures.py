@@ -30,7 +30,7 @@ def main(out: Path) -> None:
     for name, arch, levels in FIXTURES:
         ticket = init_ticket(parse_arch(arch), seed=0)
         sparsity = 1 - 0.8**levels
-        ticket.masks = magnitude_masks(ticket, sparsity)
+        ticket = ticket.with_masks(magnitude_masks(ticket, sparsity))
         ticket.metadata["ett.note"] = f"fixture: seeded init, one-shot magnitude mask at IMP level {levels}"
         path = ticket.save(out / name)
         print(f"{path}: {arch}, sparsity {100 * ticket.sparsity():.2f}%, {path.stat().st_size:,} bytes")

@@ -20,7 +20,7 @@ def make_ticket(arch: str, sparsity: float = 0.0, seed: int = 0, num_classes: in
 
     ticket = init_ticket(parse_arch(arch, num_classes=num_classes), seed=seed)
     if sparsity:
-        ticket.masks = magnitude_masks(ticket, sparsity)
+        ticket = ticket.with_masks(magnitude_masks(ticket, sparsity))
     return ticket
 
 

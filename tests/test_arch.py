@@ -55,12 +55,10 @@ def test_lexicographic_key_order_does_not_confuse_block_numbering():
     assert infer_arch(shapes).stages == (18, 18, 18)
 
 
-def test_model_prefix_is_kept_for_open_lth_imagenet():
+def test_inference_takes_plain_names_only():
     spec = parse_arch("imagenet_resnet_34")
-    shapes = {"model." + k: t.shape for k, t in spec.tensors.items()}
-    inferred = infer_arch(shapes)
-    assert inferred.prefix == "model." and inferred.stages == (3, 4, 6, 3)
-    assert set(inferred.tensors) == set(shapes)
+    with pytest.raises(EttError, match="match no known family"):  # wrappers are removed before inference
+        infer_arch({"model." + k: t.shape for k, t in spec.tensors.items()})
 
 
 @pytest.mark.parametrize(
@@ -149,7 +147,7 @@ def test_short_names_follow_the_source(short, source, expected):
     "name, like, fragment",
     [
         ("resnet-56", None, "needs a source ticket"),
-        ("vgg-19", "cifar_resnet_20", "source is a cifar_resnet"),
+        ("vgg-19", "cifar_resnet_20", "source is cifar_resnet_20 (family cifar_resnet)"),
         ("resnet-34", "imagenet_resnet_50", "no standard imagenet_resnet of depth 34 with bottleneck"),
         ("cifar_resnet_21", None, "depth 6n+2"),
         ("cifar_vgg_12", None, "no standard cifar_vgg of depth 12"),

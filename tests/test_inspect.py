@@ -176,3 +176,68 @@ def test_mask_on_a_bias_is_refused(cli, tmp_path):
     arrays["fc.bias_mask"] = np.ones(10, dtype=bool)
     path = _write_raw(tmp_path / "bias.safetensors", arrays)
     assert_user_error(cli("inspect", path), str(path), "never pruned")
+
+
+def test_non_binary_mask_value_is_printed_as_a_plain_number(cli, tmp_path):
+    arrays = _valid_arrays()
+    m = arrays["blocks.1.conv1.weight_mask"].astype(np.float32)
+    m.flat[3] = 0.5
+    arrays["blocks.1.conv1.weight_mask"] = m
+    r = cli("inspect", _write_raw(tmp_path / "soft.safetensors", arrays))
+    assert_user_error(r, "found value 0.5 (1 entries")
+    assert "np." not in r.stderr
+
+
+def test_long_metadata_values_are_cut_in_the_table_and_whole_in_json(cli, ticket_file, tmp_path):
+    path = tmp_path / "long.safetensors"
+    value = "0123456789" * 100_000  # 1 MB
+    read_ticket(ticket_file("cifar_resnet_8_4", 0.5)).save(path, note=value)
+    r = cli("inspect", path)
+    assert r.exit_code == 0, r.stderr
+    out = " ".join(r.stdout.split())  # the table may wrap long lines
+    assert "note=0123456789" in out and "... (1,000,000 characters; ett inspect --json shows them in full)" in out
+    assert len(r.stdout) < 20_000
+    assert json.loads(cli("inspect", path, "--json").stdout)["metadata"]["note"] == value
+
+
+def test_metadata_is_shown_as_text_not_markup(cli, ticket_file, tmp_path):
+    path = tmp_path / "markup.safetensors"
+    read_ticket(ticket_file("cifar_resnet_8_4", 0.5)).save(path, note="[/bold] [red]x[/red]")
+    r = cli("inspect", path)
+    assert r.exit_code == 0, r.stderr
+    assert "note=[/bold] [red]x[/red]" in r.stdout
+
+
+def test_integer_weights_are_read_with_one_warning(cli, tmp_path):
+    arrays = _valid_arrays()
+    for name in ("conv.weight", "fc.weight"):
+        arrays[name] = np.round(arrays[name] * 100).astype(np.int32)
+    path = _write_raw(tmp_path / "int.safetensors", arrays)
+    r = cli("inspect", path, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["arch"] == "cifar_resnet_8_4"
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ett: warning: "), r.stderr
+    assert "2 conv/linear weight tensors hold integers (e.g. 'conv.weight' is I32)" in lines[0]
+    from ettcli.errors import EttWarning
+
+    with pytest.warns(EttWarning, match="hold integers"):
+        read_ticket(path)
+
+
+def test_init_refuses_zero_classes(cli, tmp_path):
+    out = tmp_path / "r.safetensors"
+    assert_user_error(cli("init", "cifar_resnet_8_4", "--num-classes", "0", "-o", out), "at least 1 output", "not 0")
+    assert not out.exists()
+
+
+def test_init_of_a_network_larger_than_memory_is_one_line(cli, tmp_path):
+    out = tmp_path / "big.safetensors"
+    r = cli("init", "cifar_resnet_20_100000", "-o", out)
+    assert_user_error(r, "cifar_resnet_20_100000", "more than this machine's memory", "smaller width")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_labels_only_real_downsampling_units(cli, ticket_file):
+    out = cli("inspect", ticket_file("cifar_resnet_14_4", 0.5)).stdout
+    assert "stage 1 block 0" in out
+    assert "stage 1 block 0 (downsampling)" not in out and "stage 2 block 0 (downsampling)" in out

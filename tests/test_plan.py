@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from ettcli.arch import parse_arch
-from ettcli.errors import EttError
+from ettcli.errors import EttError, EttWarning
 from ettcli.plan import PRESETS, Plan, build_plan, make_plan, preset_help, presets_for, resolve_target
 
 TABLE = [
@@ -48,7 +48,8 @@ def test_make_plan_defaults_follow_direction():
     r20, r56 = parse_arch("cifar_resnet_20"), parse_arch("cifar_resnet_56")
     assert make_plan(r20, "resnet-32").mapping == "0:0;1:1,2;2:3,4"  # deeper: interpolate
     assert make_plan(r56, "resnet-32").mapping == "0:0;1:1;3:2;5:3;7:4"  # shallower: interleave
-    assert make_plan(r20, "resnet-20").fill == ((0, 1, 2),) * 3  # same depth: identity
+    with pytest.warns(EttWarning, match="source's own depth"):
+        assert make_plan(r20, "resnet-20").fill == ((0, 1, 2),) * 3  # same depth: identity, with a warning
 
 
 def test_worked_example_of_the_docstring():
@@ -268,3 +269,19 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(ettcli.plan)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_the_plan_carries_its_verb():
+    r20, r32 = parse_arch("cifar_resnet_20"), parse_arch("cifar_resnet_32")
+    assert make_plan(r20, "resnet-32").verb == "stretch" and make_plan(r32, "resnet-20").verb == "squeeze"
+    assert build_plan(r32, r20, "tail").verb == "squeeze"  # the preset's verb
+    assert Plan.parse("0:0;1:1,2;2:3,4", r20, r32).verb == "stretch"  # the depths' direction
+    with pytest.warns(EttWarning):
+        assert make_plan(r20, "resnet-20", verb="squeeze", mapping="0:0;1:1;2:2").verb == "squeeze"  # as given
+    mixed = make_plan(r20, stages="2,4,3", mapping="0:0;1:1|0:0;1:1,2;2:3|0:0;1:1;2:2")
+    assert mixed.verb is None
+    from transform_util import labelled_ticket
+
+    from ettcli.transform import apply_plan
+
+    assert apply_plan(labelled_ticket(r20.with_stages((3, 3, 3))), mixed).metadata["ett.transform"] == "transform"

@@ -71,7 +71,7 @@ def test_stretch_writes_the_target_and_reports_sparsity(cli, r20, tmp_path):
     assert meta["ett.format"] == "1" and meta["ett.arch"] == "cifar_resnet_56_4" and meta["ett.version"]
     assert meta["ett.plan"] == "0:0;1:1,2,3,4;2:5,6,7,8" and meta["ett.source_sha256"] == sha256_file(r20)
     assert meta["ett.source"] == str(r20) and meta["ett.source_arch"] == "cifar_resnet_20_4"
-    assert meta["ett.command"] == f"ett stretch {r20} --to resnet-56 --order interpolate -o {out}"
+    assert meta["ett.command"] == f"ett stretch {r20} --to resnet-56" and meta["ett.preset"] == "interpolate"
     assert meta["ett.rewind_step"] == "1000it" and meta["ett.dataset"] == "cifar10"
     assert list(read_header(out).tensors)[:3] == ["conv.weight", "conv.weight_mask", "bn.weight"]
     assert [n for n in read_header(out).tensors if not n.endswith("_mask")] == list(ticket.arch.tensors)
@@ -140,6 +140,10 @@ BAD = [
     ("squeeze", ["--to", "resnet-56"], ["use 'ett stretch'"]),
     ("stretch", ["--to", "vgg-19"], ["names a vgg"]),
     ("stretch", ["--to", "cifar_vgg_19"], ["keeps the family"]),
+    ("stretch", ["--to", "imagenet_resnet_18"], ["into imagenet_resnet_18 (family imagenet_resnet)"]),
+    ("stretch", ["--to", "resnet-32", "--random-copies", "-5"], ["random-copies seed is -5", "0 or more"]),
+    ("squeeze", ["--to", "resnet-14", "--random-copies", "-1"], ["random-copies seed is -1"]),
+    ("stretch", ["--to", "resnet-32", "--mapping", "1:0;0:1,2,3,4"], ["block 0 (the stage's first block) must map"]),
     ("stretch", ["--stages", "5,5"], ["keeps the number of stages"]),
     ("stretch", ["--to", "resnet-32", "--order", "append", "--mapping", "0:0;1:1,2;2:3,4"], ["not both"]),
     ("stretch", [], ["name the target"]),
@@ -176,3 +180,16 @@ def test_help_lists_the_presets(cli):
         assert name in text
     text = " ".join(cli("squeeze", "--help").stdout.split())
     assert all(name in text for name in ("interleave", "tail", "head", "known to hurt"))
+
+
+def test_wording_of_family_specific_errors(cli, tmp_path):
+    vgg = tmp_path / "v.safetensors"
+    write_labelled(vgg, "cifar_vgg_11_4")
+    r = cli("stretch", vgg, "--to", "vgg-12")
+    assert_user_error(r, "cifar_vgg_s1-1-2-2-2", "--stages 1,1,2,2,2")  # 5 stages, as a VGG has
+    r26 = tmp_path / "r26.safetensors"
+    write_labelled(r26, "imagenet_resnet_26_4")
+    r = cli("plan", r26, "--to", "resnet-34", "--mapping", "0:0;1:1,2|1:0;0:1,2;2:3|0:0;1:1,2;2:3,4;3:5|0:0;1:1;2:2")
+    assert_user_error(r, "stage 2", "block 0 (the stage's first, downsampling block)")
+    r = cli("stretch", r26, "--to", "vgg-19")
+    assert_user_error(r, "names a vgg, but the source is imagenet_resnet_26_4 (family imagenet_resnet)")

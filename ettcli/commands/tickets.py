@@ -7,10 +7,12 @@ from pathlib import Path
 
 import typer
 
-from ettcli.commands.common import handle_errors, stdout_console
+from ettcli.arch import names_help
+from ettcli.commands.common import command_line, handle_errors, stdout_console
 from ettcli.errors import EttError, final_output
 
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+METADATA_SHOWN = 200  # characters of a metadata key or value that the table shows
 
 INSPECT_JSON_HELP = (
     "With --json, one JSON object on stdout: file, arch (canonical name), family, stages (units per stage), "
@@ -24,6 +26,7 @@ INSPECT_JSON_HELP = (
 def summarize(ticket, file: str) -> dict:
     """The facts that ``inspect`` shows, as one JSON-ready dict."""
     spec = ticket.arch
+    report = ticket.sparsity_report()
     rows = []
     total_params = kept_params = 0
     zeros = ticket.zero_counts()
@@ -33,8 +36,8 @@ def summarize(ticket, file: str) -> dict:
         for d in shape:
             numel *= d
         buffer = name.rsplit(".", 1)[-1] in _BUFFERS
-        mask = ticket.masks.get(name)
-        kept = mask.kept if mask is not None else numel
+        count = report.tensors.get(name)
+        kept = count.kept if count is not None else numel
         if not buffer:
             total_params += numel
             kept_params += kept
@@ -45,9 +48,9 @@ def summarize(ticket, file: str) -> dict:
                 "dtype": ticket.tensors[name].dtype,
                 "numel": numel,
                 "prunable": t.prunable,
-                "masked": mask is not None,
+                "masked": name in ticket.masks,
                 "kept": kept,
-                "sparsity": 1.0 - kept / numel if numel else 0.0,
+                "sparsity": count.sparsity if count is not None else 0.0,
                 "zeros": zeros[name],
                 "role": t.role,
                 "stage": t.stage,
@@ -55,7 +58,6 @@ def summarize(ticket, file: str) -> dict:
                 "buffer": buffer,
             }
         )
-    total, kept = ticket.counts()
     return {
         "file": file,
         "arch": spec.name,
@@ -64,24 +66,32 @@ def summarize(ticket, file: str) -> dict:
         "width": spec.width,
         "block": spec.block,
         "num_classes": spec.num_classes,
-        "sparsity": 1.0 - kept / total if total else 0.0,
-        "density": kept / total if total else 1.0,
-        "prunable": total,
-        "kept_prunable": kept,
+        "sparsity": report.sparsity,
+        "density": report.density,
+        "prunable": report.total,
+        "kept_prunable": report.kept,
         "total_params": total_params,
         "kept_params": kept_params,
-        "stage_sparsity": ticket.stage_sparsity(),
+        "stage_sparsity": list(report.stages),
         "tensors": rows,
         "metadata": dict(ticket.metadata),
     }
 
 
+def _shown(value: str) -> str:
+    """A metadata value as the table shows it: long values cut, with how to see them in full."""
+    if len(value) <= METADATA_SHOWN:
+        return value
+    return f"{value[:METADATA_SHOWN]}... ({len(value):,} characters; ett inspect --json shows them in full)"
+
+
 def _render(info: dict, spec) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     console = stdout_console()
     title = f"{info['file']}: {info['arch']} ({info['family']}, stages {info['stages']}, {info['num_classes']} classes)"
-    console.print(f"[bold]{title}[/bold]", highlight=False)
+    console.print(Text(title, style="bold"), highlight=False)
     table = Table(show_lines=False)
     for col, just in (
         ("tensor", "left"),
@@ -139,109 +149,106 @@ def _render(info: dict, spec) -> None:
             "ett convert --masks-from-zeros turns them into masks"
         )
     if info["metadata"]:
-        console.print("metadata: " + ", ".join(f"{k}={v}" for k, v in sorted(info["metadata"].items())))
+        lines = [f"  {_shown(k)}={_shown(v)}" for k, v in sorted(info["metadata"].items())]
+        console.print("\n".join(["metadata:", *lines]), markup=False, highlight=False)
 
 
 REWIND_HELP = "open_lth level folders: the rewind step whose model file to read (e.g. 1000it, 2ep218it)."
 
 
+@handle_errors
+def inspect(
+    path: Path = typer.Argument(..., help="A ticket (.safetensors, .pt/.pth) or an open_lth level folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fields below)."),
+    rewind_step: str = typer.Option(None, "--rewind-step", metavar="STEP", help=REWIND_HELP),
+) -> None:
+    """Show a ticket's architecture, stages and units, and its per-tensor and global sparsity."""
+    from ettcli.ticket import read_ticket
+
+    ticket = read_ticket(path, rewind_step)
+    info = summarize(ticket, str(path))
+    if as_json:
+        typer.echo(json.dumps(info))
+    else:
+        _render(info, ticket.arch)
+
+
+@handle_errors
+def convert(
+    src: Path = typer.Argument(..., help="Any supported ticket: safetensors, .pt/.pth, open_lth level folder."),
+    out: Path = typer.Option(
+        ...,
+        "-o",
+        "--out",
+        help="Output: .safetensors (ett ticket) or .pt/.pth (torch state dict); a folder with --open-lth.",
+    ),
+    open_lth: bool = typer.Option(False, "--open-lth", help="Write an open_lth level folder instead."),
+    force: bool = typer.Option(
+        False, "--force", help="With --open-lth: replace the level files of a non-empty folder."
+    ),
+    rewind_step: str = typer.Option(None, "--rewind-step", metavar="STEP", help=REWIND_HELP),
+    masks_from_zeros: bool = typer.Option(
+        False, "--masks-from-zeros", help="Mask out the exact zeros of prunable tensors (e.g. after prune.remove)."
+    ),
+) -> None:
+    """Convert a ticket in any supported layout into an ett ticket (or an open_lth level folder)."""
+    from ettcli.ticket import output_format, read_ticket
+
+    if force and not open_lth:
+        raise EttError("--force replaces the files of an open_lth level folder; it needs --open-lth")
+    if not open_lth:
+        output_format(out)  # refuse an unknown suffix before reading the source
+    ticket = read_ticket(src, rewind_step)
+    if masks_from_zeros:
+        ticket = ticket.masks_from_zeros()
+    if open_lth:
+        from ettcli.open_lth import write_open_lth
+
+        with final_output():
+            model = write_open_lth(ticket, out, force=force)
+            typer.echo(f"wrote open_lth level folder {out} ({ticket.arch.name}, weights in {model.name})")
+        return
+    meta = {}
+    if src.is_file():
+        from ettcli.stfile import sha256_file
+
+        meta.setdefault("ett.source_sha256", sha256_file(src))
+    meta.setdefault("ett.source", str(src))
+    ticket.metadata = {**meta, **ticket.metadata, "ett.command": command_line()}
+    with final_output():
+        ticket.save(out)
+        note = ", a torch state dict without ett metadata" if output_format(out) == "torch" else ""
+        typer.echo(f"wrote {out} ({ticket.arch.name}, sparsity {100 * ticket.sparsity():.2f}%{note})")
+
+
+@handle_errors
+def init(
+    arch: str = typer.Argument(..., help="Canonical name, e.g. cifar_resnet_20, imagenet_resnet_18, cifar_vgg_16."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file (or .pt/.pth)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation."),
+    num_classes: int = typer.Option(10, "--num-classes", help="Classifier outputs (1 or more)."),
+) -> None:
+    """Write a freshly initialised dense ticket (open_lth init: Kaiming normal, BN gamma ~ U(0,1))."""
+    from ettcli.arch import parse_arch
+    from ettcli.models import init_ticket
+    from ettcli.ticket import output_format
+
+    spec = parse_arch(arch, num_classes=num_classes)
+    output_format(out)  # a bad -o is refused before the (slow) initialisation
+    ticket = init_ticket(spec, seed)
+    ticket.metadata["ett.command"] = command_line()
+    with final_output():
+        ticket.save(out)
+        total, _ = ticket.counts()
+        typer.echo(f"wrote {out} ({spec.name}, {total:,} prunable weights, dense, seed {seed})")
+
+
+INSPECT_EPILOG = "Example: ett inspect r20.safetensors --json\n\n" + INSPECT_JSON_HELP
+CONVERT_EPILOG = "Example: ett convert level_3/main -o r20_l3.safetensors"
+INIT_EPILOG = f"Example: ett init cifar_resnet_20 -o r20.safetensors --seed 0\n\nArchitectures: {names_help()}"
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(epilog=INSPECT_JSON_HELP)
-    @handle_errors
-    def inspect(
-        path: Path = typer.Argument(..., help="A ticket (.safetensors, .pt/.pth) or an open_lth level folder."),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fields below)."),
-        rewind_step: str = typer.Option(None, "--rewind-step", metavar="STEP", help=REWIND_HELP),
-    ) -> None:
-        """Show a ticket's architecture, stages and units, and its per-tensor and global sparsity."""
-        from ettcli.ticket import read_ticket
-
-        ticket = read_ticket(path, rewind_step)
-        info = summarize(ticket, str(path))
-        if as_json:
-            typer.echo(json.dumps(info))
-        else:
-            _render(info, ticket.arch)
-
-    @app.command()
-    @handle_errors
-    def convert(
-        src: Path = typer.Argument(..., help="Any supported ticket: safetensors, .pt/.pth, open_lth level folder."),
-        out: Path = typer.Option(
-            ...,
-            "-o",
-            "--out",
-            help="Output: .safetensors (ett ticket) or .pt/.pth (torch state dict); a folder with --open-lth.",
-        ),
-        open_lth: bool = typer.Option(False, "--open-lth", help="Write an open_lth level folder instead."),
-        force: bool = typer.Option(
-            False, "--force", help="With --open-lth: replace the level files of a non-empty folder."
-        ),
-        rewind_step: str = typer.Option(None, "--rewind-step", metavar="STEP", help=REWIND_HELP),
-        masks_from_zeros: bool = typer.Option(
-            False, "--masks-from-zeros", help="Mask out the exact zeros of prunable tensors (e.g. after prune.remove)."
-        ),
-    ) -> None:
-        """Convert a ticket in any supported layout into an ett ticket (or an open_lth level folder)."""
-        from ettcli.ticket import output_format, read_ticket
-
-        if force and not open_lth:
-            raise EttError("--force replaces the files of an open_lth level folder; it needs --open-lth")
-        if not open_lth:
-            output_format(out)  # refuse an unknown suffix before reading the source
-        ticket = read_ticket(src, rewind_step)
-        if masks_from_zeros:
-            ticket = ticket.masks_from_zeros()
-        if open_lth:
-            from ettcli.open_lth import write_open_lth
-
-            with final_output():
-                model = write_open_lth(ticket, out, force=force)
-                typer.echo(f"wrote open_lth level folder {out} ({ticket.arch.name}, weights in {model.name})")
-            return
-        meta = {"ett.command": "ett convert"}
-        if src.is_file():
-            from ettcli.stfile import sha256_file
-
-            meta.setdefault("ett.source_sha256", sha256_file(src))
-        meta.setdefault("ett.source", str(src))
-        ticket.metadata = {**meta, **ticket.metadata}
-        with final_output():
-            ticket.save(out)
-            note = ", a torch state dict without ett metadata" if output_format(out) == "torch" else ""
-            typer.echo(f"wrote {out} ({ticket.arch.name}, sparsity {100 * ticket.sparsity():.2f}%{note})")
-
-    @app.command()
-    @handle_errors
-    def init(
-        arch: str = typer.Argument(
-            ..., help="Canonical name, e.g. cifar_resnet_20, imagenet_resnet_18_16, cifar_vgg_16."
-        ),
-        out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file (or .pt/.pth)."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the initialisation."),
-        num_classes: int = typer.Option(10, "--num-classes", help="Classifier outputs."),
-    ) -> None:
-        """Write a freshly initialised dense ticket (open_lth init: Kaiming normal, BN gamma ~ U(0,1))."""
-        from ettcli.arch import parse_arch
-        from ettcli.ticket import output_format
-
-        spec = parse_arch(arch, num_classes=num_classes)
-        output_format(out)  # a bad -o is refused before the (slow) initialisation
-        ticket = init_ticket(spec, seed)
-        with final_output():
-            ticket.save(out)
-            total, _ = ticket.counts()
-            typer.echo(f"wrote {out} ({spec.name}, {total:,} prunable weights, dense, seed {seed})")
-
-
-def init_ticket(spec, seed: int):
-    """A dense ticket of ``spec`` with open_lth's initialisation (imports torch)."""
-    from ettcli.models import build_model
-    from ettcli.ticket import Ticket
-
-    model = build_model(spec, seed=seed)
-    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    return Ticket.from_arrays(
-        arrays,
-        metadata={"ett.seed": str(seed), "ett.init": "open_lth kaiming_normal", "ett.rewind_step": "0it"},
-    )
+    app.command(epilog=INSPECT_EPILOG)(inspect)
+    app.command(epilog=CONVERT_EPILOG)(convert)
+    app.command(epilog=INIT_EPILOG)(init)

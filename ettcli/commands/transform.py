@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shlex
 from enum import Enum
 from pathlib import Path
 
 import typer
 
-from ettcli.commands.common import FastCommand, handle_errors
+from ettcli.commands.common import command_line, handle_errors
 from ettcli.errors import EttError, final_output
 from ettcli.plan import default_preset, preset_help, presets_for
 
@@ -43,7 +42,7 @@ def _sparsity_lines(src, dst) -> list[str]:
     return lines
 
 
-def _plan_info(plan, verb, src_report, dst_report) -> dict:
+def _plan_info(plan, src_report, dst_report) -> dict:
     stages = []
     for s in range(len(plan.fill)):
         stages.append(
@@ -62,7 +61,7 @@ def _plan_info(plan, verb, src_report, dst_report) -> dict:
     return {
         "source": plan.source.name,
         "target": plan.target.name,
-        "verb": verb,
+        "verb": plan.verb,
         "preset": plan.preset,
         "mapping": plan.mapping,
         "stages": stages,
@@ -71,10 +70,10 @@ def _plan_info(plan, verb, src_report, dst_report) -> dict:
     }
 
 
-def _plan_lines(plan, verb) -> list[str]:
+def _plan_lines(plan) -> list[str]:
     word = plan.source.unit_word
     how = f"preset {plan.preset}" if plan.preset else "explicit mapping"
-    lines = [f"plan {plan.source.name} -> {plan.target.name} ({verb or 'transform'}, {how})"]
+    lines = [f"plan {plan.source.name} -> {plan.target.name} ({plan.verb or 'transform'}, {how})"]
     for s in range(len(plan.fill)):
         n, m = plan.source.stages[s], plan.target.stages[s]
         lines.append(f"stage {s + 1}: {n} -> {m} {word}s")
@@ -98,6 +97,7 @@ def _plan_lines(plan, verb) -> list[str]:
 
 
 def _plan(src, to, stages, order, drop, mapping, verb):
+    """Read the source ticket and make the plan (the verb, where given, restricts the direction)."""
     from ettcli.plan import make_plan
     from ettcli.ticket import read_ticket
 
@@ -112,31 +112,6 @@ def _plan(src, to, stages, order, drop, mapping, verb):
         stages=stages,
     )
     return ticket, plan
-
-
-def _verb_of(plan, verb):
-    if verb:
-        return verb
-    if plan.preset:
-        from ettcli.plan import PRESETS
-
-        return PRESETS[plan.preset].verb
-    return None
-
-
-def _command_line(verb, src, to, stages, option, preset, mapping, random_copies, out) -> str:
-    args = ["ett", verb, str(src)]
-    if to is not None:
-        args += ["--to", to]
-    if stages is not None:
-        args += ["--stages", stages]
-    if mapping is not None:
-        args += ["--mapping", mapping]
-    else:
-        args += [option, preset]
-    if random_copies is not None:
-        args += ["--random-copies", str(random_copies)]
-    return shlex.join([*args, "-o", str(out)])
 
 
 def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out) -> None:
@@ -158,8 +133,8 @@ def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out) -> Non
         verb,
     )
     out = out or default_output(src, plan.target)
-    target = apply_plan(ticket, plan, random_copies, verb, hash_source=False)
-    target.metadata["ett.command"] = _command_line(verb, src, to, stages, option, preset, mapping, random_copies, out)
+    target = apply_plan(ticket, plan, random_copies, hash_source=False)
+    target.metadata["ett.command"] = command_line()
     with final_output():  # once the file is in place the command has succeeded, even if interrupted now
         save_transformed(target, out, ticket.path)
         how = f"{option[2:]} {plan.preset}" if plan.preset else "explicit mapping"
@@ -172,59 +147,64 @@ def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out) -> Non
         typer.echo("\n".join(lines))
 
 
+PLAN_EPILOG = "Example: ett plan r20.safetensors --to resnet-56 --order append\n\n" + PLAN_JSON_HELP
+STRETCH_EPILOG = "Example: ett stretch r20.safetensors --to resnet-56 -o r56.safetensors"
+SQUEEZE_EPILOG = "Example: ett squeeze r56.safetensors --to resnet-32 --drop interleave -o r32.safetensors"
+OUT_HELP = "Output file (default: SRC_to_TARGET.safetensors beside SRC); may be SRC itself."
+
+
+@handle_errors
+def plan(
+    src: Path = typer.Argument(..., help="Source ticket (.safetensors, .pt/.pth, open_lth level folder)."),
+    to: str = typer.Option(None, "--to", metavar="TARGET", help=TO_HELP),
+    stages: str = typer.Option(None, "--stages", metavar="N,N,...", help=STAGES_HELP),
+    order: Order = typer.Option(None, "--order", help=f"Stretch preset. {preset_help('stretch')}."),
+    drop: Drop = typer.Option(None, "--drop", help=f"Squeeze preset. {preset_help('squeeze')}."),
+    mapping: str = typer.Option(None, "--mapping", metavar="MAPPING", help=MAPPING_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fields below)."),
+) -> None:
+    """Show which source unit fills which target position, the mapping, and the predicted sparsity."""
+    from ettcli.transform import predict_sparsity, source_report
+
+    ticket, p = _plan(src, to, stages, order, drop, mapping, None)
+    src_report, dst_report = source_report(ticket), predict_sparsity(ticket, p)
+    if as_json:
+        typer.echo(json.dumps(_plan_info(p, src_report, dst_report)))
+        return
+    typer.echo("\n".join([*_plan_lines(p), *_sparsity_lines(src_report, dst_report)]))
+
+
+@handle_errors
+def stretch(
+    src: Path = typer.Argument(..., help="Source ticket (.safetensors, .pt/.pth, open_lth level folder)."),
+    to: str = typer.Option(None, "--to", metavar="TARGET", help=TO_HELP),
+    stages: str = typer.Option(None, "--stages", metavar="N,N,...", help=STAGES_HELP),
+    order: Order = typer.Option(
+        None, "--order", help=f"How copies are placed. {preset_help('stretch')}.", show_default=False
+    ),
+    mapping: str = typer.Option(None, "--mapping", metavar="MAPPING", help=MAPPING_HELP),
+    random_copies: int = typer.Option(None, "--random-copies", metavar="SEED", help=RANDOM_HELP),
+    out: Path = typer.Option(None, "-o", "--out", help=OUT_HELP),
+) -> None:
+    """Write a deeper ticket of the same family by replicating units (stem, head, unit 0 kept)."""
+    _run("stretch", src, to, stages, order, mapping, random_copies, out)
+
+
+@handle_errors
+def squeeze(
+    src: Path = typer.Argument(..., help="Source ticket (.safetensors, .pt/.pth, open_lth level folder)."),
+    to: str = typer.Option(None, "--to", metavar="TARGET", help=TO_HELP),
+    stages: str = typer.Option(None, "--stages", metavar="N,N,...", help=STAGES_HELP),
+    drop: Drop = typer.Option(None, "--drop", help=f"Which units to drop. {preset_help('squeeze')}."),
+    mapping: str = typer.Option(None, "--mapping", metavar="MAPPING", help=MAPPING_HELP),
+    random_copies: int = typer.Option(None, "--random-copies", metavar="SEED", help=RANDOM_HELP),
+    out: Path = typer.Option(None, "-o", "--out", help=OUT_HELP),
+) -> None:
+    """Write a shallower ticket of the same family by dropping units (stem, head, unit 0 kept)."""
+    _run("squeeze", src, to, stages, drop, mapping, random_copies, out)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(cls=FastCommand, epilog=PLAN_JSON_HELP)
-    @handle_errors
-    def plan(
-        src: Path = typer.Argument(..., help="Source ticket (.safetensors, .pt/.pth, open_lth level folder)."),
-        to: str = typer.Option(None, "--to", metavar="TARGET", help=TO_HELP),
-        stages: str = typer.Option(None, "--stages", metavar="N,N,...", help=STAGES_HELP),
-        order: Order = typer.Option(None, "--order", help=f"Stretch preset. {preset_help('stretch')}."),
-        drop: Drop = typer.Option(None, "--drop", help=f"Squeeze preset. {preset_help('squeeze')}."),
-        mapping: str = typer.Option(None, "--mapping", metavar="MAPPING", help=MAPPING_HELP),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fields below)."),
-    ) -> None:
-        """Show which source unit fills which target position, the mapping, and the predicted sparsity."""
-        from ettcli.transform import predict_sparsity, source_report
-
-        ticket, p = _plan(src, to, stages, order, drop, mapping, None)
-        verb = _verb_of(p, None)
-        src_report, dst_report = source_report(ticket), predict_sparsity(ticket, p)
-        if as_json:
-            typer.echo(json.dumps(_plan_info(p, verb, src_report, dst_report)))
-            return
-        typer.echo("\n".join([*_plan_lines(p, verb), *_sparsity_lines(src_report, dst_report)]))
-
-    @app.command(cls=FastCommand)
-    @handle_errors
-    def stretch(
-        src: Path = typer.Argument(..., help="Source ticket (.safetensors, .pt/.pth, open_lth level folder)."),
-        to: str = typer.Option(None, "--to", metavar="TARGET", help=TO_HELP),
-        stages: str = typer.Option(None, "--stages", metavar="N,N,...", help=STAGES_HELP),
-        order: Order = typer.Option(
-            None, "--order", help=f"How copies are placed. {preset_help('stretch')}.", show_default=False
-        ),
-        mapping: str = typer.Option(None, "--mapping", metavar="MAPPING", help=MAPPING_HELP),
-        random_copies: int = typer.Option(None, "--random-copies", metavar="SEED", help=RANDOM_HELP),
-        out: Path = typer.Option(
-            None, "-o", "--out", help="Output file (default: SRC_to_TARGET.safetensors beside SRC); may be SRC itself."
-        ),
-    ) -> None:
-        """Write a deeper ticket of the same family by replicating units (stem, head, unit 0 kept)."""
-        _run("stretch", src, to, stages, order, mapping, random_copies, out)
-
-    @app.command(cls=FastCommand)
-    @handle_errors
-    def squeeze(
-        src: Path = typer.Argument(..., help="Source ticket (.safetensors, .pt/.pth, open_lth level folder)."),
-        to: str = typer.Option(None, "--to", metavar="TARGET", help=TO_HELP),
-        stages: str = typer.Option(None, "--stages", metavar="N,N,...", help=STAGES_HELP),
-        drop: Drop = typer.Option(None, "--drop", help=f"Which units to drop. {preset_help('squeeze')}."),
-        mapping: str = typer.Option(None, "--mapping", metavar="MAPPING", help=MAPPING_HELP),
-        random_copies: int = typer.Option(None, "--random-copies", metavar="SEED", help=RANDOM_HELP),
-        out: Path = typer.Option(
-            None, "-o", "--out", help="Output file (default: SRC_to_TARGET.safetensors beside SRC); may be SRC itself."
-        ),
-    ) -> None:
-        """Write a shallower ticket of the same family by dropping units (stem, head, unit 0 kept)."""
-        _run("squeeze", src, to, stages, drop, mapping, random_copies, out)
+    app.command(epilog=PLAN_EPILOG)(plan)
+    app.command(epilog=STRETCH_EPILOG)(stretch)
+    app.command(epilog=SQUEEZE_EPILOG)(squeeze)
