@@ -184,6 +184,24 @@ class Ticket:
                 out[name + "_mask"] = torch.from_numpy(self.masks[name].array.copy())
         return out
 
+    def masked_state_dict(self) -> dict:
+        """The network's ``state_dict()`` as torch tensors with every pruned weight set to 0 (imports torch).
+
+        Loads with ``model.load_state_dict(ticket.masked_state_dict(), strict=True)`` into a model of the
+        ticket's architecture (:func:`ettcli.load_model` builds one). Pruned weights come back to life as
+        soon as an optimizer touches them: to train, re-apply the masks after every step
+        (:class:`ettcli.models.Masker`).
+        """
+        import torch
+
+        out = {}
+        for name, array in self.arrays():
+            values = np.array(array)  # a copy: file-backed arrays are read-only
+            if name in self.masks:
+                values[~self.masks[name].array] = 0
+            out[name] = torch.from_numpy(values)
+        return out
+
     def zero_counts(self) -> dict[str, int]:
         """How many entries of each tensor are exactly zero (masked or not)."""
         return {name: int(array.size - np.count_nonzero(array)) for name, array in self.arrays()}

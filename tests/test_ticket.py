@@ -134,3 +134,29 @@ def test_metadata_that_contradicts_the_tensors_is_refused(tmp_path):
     )
     with pytest.raises(EttError, match="metadata says ett.arch=cifar_resnet_20"):
         read_ticket(tmp_path / "lie.safetensors")
+
+
+def test_load_model_and_masked_state_dict_give_a_ready_masked_network(tmp_path):
+    import torch
+    from conftest import make_ticket
+
+    import ettcli
+
+    ticket = make_ticket("cifar_resnet_8_4", 0.6)
+    path = tmp_path / "t.safetensors"
+    ticket.save(path)
+    model = ettcli.load_model(path)
+    params = dict(model.named_parameters())
+    sd = ticket.masked_state_dict()
+    for name, mask in ticket.masks.items():
+        assert torch.all(params[name].detach()[torch.from_numpy(~mask.array)] == 0), name
+        assert torch.all(sd[name][torch.from_numpy(~mask.array)] == 0)
+        kept = torch.from_numpy(mask.array)
+        assert torch.equal(sd[name][kept], torch.from_numpy(np.array(ticket.array(name)))[kept])
+    from ettcli.models import build_model
+
+    fresh = build_model(ticket.arch, seed=None, init=False)
+    fresh.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval(), fresh.eval()
+    assert torch.equal(model(x), fresh(x))
