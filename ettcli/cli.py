@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from ettcli import __version__
-from ettcli.commands import tickets
+from ettcli.commands import prune, tickets
 from ettcli.commands.common import FastGroup
 
 app = typer.Typer(
@@ -46,6 +46,7 @@ for _name in ("transform", "train"):
             raise
     else:
         _mod.register(app)
+prune.register(app)
 
 
 def main() -> None:
