@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,7 +39,6 @@ BN_MODES = ("train", "eval")
 
 # Tensors that open_lth's IMP leaves dense by default, per family (its ``pruning_layers_to_ignore``).
 DEFAULT_EXCLUDE: dict[str, tuple[str, ...]] = {"cifar_vgg": ("fc.weight",)}
-_STRIDE = 1_000_003  # a prime: i * _STRIDE mod m permutes range(m) unless m is a multiple of it
 
 
 # --- counting -------------------------------------------------------------------------------------------------
@@ -54,7 +54,8 @@ def keep_count(total: int, sparsity: float) -> int:
 def topk_flat(values: np.ndarray, k: int) -> np.ndarray:
     """A bool array that keeps exactly the ``k`` largest of the 1-d ``values``; among equal values the earlier wins.
 
-    The same result as a stable sort of ``-values`` cut at ``k``, in linear time. NaN counts as -inf.
+    The same result as a stable sort of ``-values`` cut at ``k``, in linear time: find the k-th largest value,
+    keep everything above it, then the first of those equal to it. NaN counts as -inf.
     """
     n = values.size
     keep = np.zeros(n, dtype=bool)
@@ -71,16 +72,21 @@ def topk_flat(values: np.ndarray, k: int) -> np.ndarray:
         keep = values > -np.inf
         keep[np.flatnonzero(~keep)[: k - cand.size]] = True
         return keep
-    m = cand.size
-    # numpy's introselect slows down about 20x on long runs of equal values (a pruned or dead tensor); a fixed
-    # stride permutation breaks such runs up and does not change the k-th largest value
-    stride = _STRIDE if m % _STRIDE else _STRIDE + 2
-    cand = cand[np.arange(m, dtype=np.int64) * stride % m]
-    kth = np.partition(cand, m - k)[m - k]  # the k-th largest value
+    kth = _kth_largest(cand, k)
     keep = values > kth
     need = k - int(np.count_nonzero(keep))
     keep[np.flatnonzero(values == kth)[:need]] = True
     return keep
+
+
+def _kth_largest(values: np.ndarray, k: int) -> float:
+    """The k-th largest of ``values`` (1 <= k <= size)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # where torch is loaded anyway (the scorers), its selection is used: numpy's introselect slows down
+        # 10-50x when many values equal the k-th (a dead layer's zero scores), torch's does not
+        return torch.kthvalue(torch.from_numpy(values), values.size - k + 1).values.item()
+    return np.partition(values, values.size - k)[values.size - k]
 
 
 def global_topk_masks(scores: Mapping[str, np.ndarray], keep: int) -> dict[str, Mask]:
@@ -224,12 +230,8 @@ class Target:
     def sparsity(self) -> float:
         return 1.0 - self.keep / self.total if self.total else 0.0
 
-    @property
-    def match(self) -> str:
-        return "layerwise" if self.counts is not None else "global"
-
     def with_counts(self, counts: Mapping[str, int]) -> Target:
-        """The same global count, fixed per tensor (uniform and ERK allocations)."""
+        """The same global count, fixed per tensor (uniform and ERK allocate it this way)."""
         assert sum(counts.values()) == self.keep_pruned
         return replace(self, counts=dict(counts))
 
@@ -481,7 +483,7 @@ def random_masks(job: Job) -> dict[str, Mask]:
         # REF's mask shuffled within each tensor
         return {n: job.ref.mask(n).shuffled(rng) for n in target.sizes}
     if target.counts is not None:
-        return _random_at_counts(target, target.counts, rng)
+        return _random_at_counts(target, rng)
     total = sum(target.sizes.values())
     flat = np.zeros(total, dtype=bool)
     flat[rng.permutation(total)[: target.keep_pruned]] = True
@@ -494,24 +496,24 @@ def random_masks(job: Job) -> dict[str, Mask]:
 
 def uniform_masks(job: Job) -> dict[str, Mask]:
     t = job.target
-    return _random_at_counts(
-        t, counts_from_densities(t.sizes, uniform_densities(t.sizes, t.keep_pruned), t.keep_pruned), job.rng()
-    )
+    job.target = t.with_counts(counts_from_densities(t.sizes, uniform_densities(t.sizes, t.keep_pruned), t.keep_pruned))
+    return _random_at_counts(job.target, job.rng())
 
 
 def erk_masks(job: Job) -> dict[str, Mask]:
     t = job.target
     pruned = sum(t.sizes.values())
-    sparsity = 1.0 - t.keep_pruned / pruned if pruned else 0.0
-    densities = erk_densities(t.shapes, sparsity)
-    return _random_at_counts(t, counts_from_densities(t.sizes, densities, t.keep_pruned), job.rng())
+    densities = erk_densities(t.shapes, 1.0 - t.keep_pruned / pruned if pruned else 0.0)
+    job.target = t.with_counts(counts_from_densities(t.sizes, densities, t.keep_pruned))
+    return _random_at_counts(job.target, job.rng())
 
 
-def _random_at_counts(target: Target, counts: Mapping[str, int], rng: np.random.Generator) -> dict[str, Mask]:
+def _random_at_counts(target: Target, rng: np.random.Generator) -> dict[str, Mask]:
+    """``target.counts[name]`` kept weights at uniformly random places in each tensor."""
     out = {}
     for n, size in target.sizes.items():
         flat = np.zeros(size, dtype=bool)
-        flat[rng.permutation(size)[: counts[n]]] = True
+        flat[rng.permutation(size)[: target.counts[n]]] = True
         out[n] = Mask(flat.reshape(target.shapes[n]))
     return out
 
@@ -529,9 +531,10 @@ class Pruned:
 
     ticket: Ticket
     method: Method
-    target: Target | None
+    target: Target | None  # None where a mask is copied as it is
     ref: Ticket | None
-    per_tensor_target: dict[str, int] = field(default_factory=dict)
+    match: str | None  # "global" or "layerwise"; None where a mask is copied
+    per_tensor_target: dict[str, int] = field(default_factory=dict)  # tensors whose count was fixed
 
     def rows(self) -> list[dict]:
         """Per prunable tensor: name, weights, kept, sparsity, target kept (None where only the global count is set)."""
@@ -680,11 +683,11 @@ def prune_run(
         target = make_target(tk, names, dense, sparsity=sparsity, ref=ref, match=settings["match"])
     job = Job(m, tk, ref, target, seed, settings["bn"], invert, ds, data, samples_per_class, device, download)
     masks = m.load()(job)
-    per_tensor = dict(target.counts) if target is not None and target.counts is not None else {}
-    if m.name in ("uniform", "erk"):
-        per_tensor = {n: masks[n].kept for n in masks}
+    target = job.target  # uniform and ERK fix their per-tensor counts
     if m.copies_mask:
         per_tensor = {n: mk.kept for n, mk in masks.items()}
+    else:
+        per_tensor = dict(target.counts) if target.counts is not None else {}
     if shuffle is not None:
         rng = np.random.default_rng(shuffle)
         masks = {n: mk.shuffled(rng) for n, mk in masks.items()}
@@ -705,12 +708,12 @@ def prune_run(
         shown = ", ".join(collapsed[:5]) + (f" and {len(collapsed) - 5} more" if len(collapsed) > 5 else "")
         warn(f"layer collapse: {m.name} keeps no weight in {shown}; no signal passes through that layer")
 
-    meta = _metadata(tk, ref, m, target, settings, sparsity, seed, invert, shuffle, reinit, samples_per_class, ds)
+    meta = _metadata(tk, ref, m, target, settings, sparsity, seed, invert, shuffle, reinit, samples_per_class, ds, data)
     if fresh:
         meta["ett.init"] = "open_lth kaiming_normal"
         meta["ett.seed"] = str(reinit if reinit is not None else seed)
     out = Ticket(tensors, masks, meta, tk.spec, None)
-    return Pruned(out, m, target, ref, per_tensor)
+    return Pruned(out, m, target, ref, settings["match"], per_tensor)
 
 
 def _as_ticket(value, what: str) -> Ticket:
@@ -862,7 +865,9 @@ def _warn_masked_weights(ticket: Ticket, masks: Mapping[str, Mask]) -> None:
         )
 
 
-def _metadata(tk, ref, m, target, settings, sparsity, seed, invert, shuffle, reinit, samples, ds) -> dict[str, str]:
+def _metadata(
+    tk, ref, m, target, settings, sparsity, seed, invert, shuffle, reinit, samples, ds, data
+) -> dict[str, str]:
     from ettcli.stfile import sha256_file
 
     meta = {
@@ -877,7 +882,7 @@ def _metadata(tk, ref, m, target, settings, sparsity, seed, invert, shuffle, rei
             meta["ett.init"] = tk.metadata["ett.init"]
     meta["ett.prune.method"] = m.name
     if target is not None:
-        meta["ett.prune.match"] = target.match
+        meta["ett.prune.match"] = settings["match"]
         meta["ett.prune.target_kept"] = str(target.keep)
         meta["ett.prune.target_sparsity"] = repr(sparsity) if sparsity is not None else f"{target.sparsity:.6f}"
         if target.dense:
@@ -885,7 +890,9 @@ def _metadata(tk, ref, m, target, settings, sparsity, seed, invert, shuffle, rei
     if m.network:
         meta["ett.prune.bn"] = settings["bn"]
         meta["ett.dataset"] = ds.name
-    if m.data:
+    if m.data and isinstance(data, tuple):
+        meta["ett.prune.scoring_images"] = f"{len(data[1])} given in memory"
+    elif m.data:
         meta["ett.prune.samples_per_class"] = str(samples)
     if m.seeded:
         meta["ett.prune.seed"] = str(seed)

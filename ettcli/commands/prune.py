@@ -266,7 +266,7 @@ def report_lines(result, out: Path) -> list[str]:
     t = result.ticket
     total, kept = t.counts()
     target_keep = result.target_keep
-    how = result.target.match if result.target is not None else "mask copied"
+    how = f"{result.match} match" if result.match is not None else "mask copied"
     ref = f", like {result.ref.path}" if result.ref is not None and result.ref.path is not None else ""
     lines = [f"wrote {out} ({result.method.name}, {t.arch.name}, {how}{ref})"]
     rows = result.rows()
