@@ -10,6 +10,7 @@ the parameters to score, so they can be checked by hand on a tiny network; :func
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,14 +78,16 @@ def scoring_batch(spec, root: str | Path, per_class: int, download: bool = False
 
 
 def _first_files(spec, train_dir: Path, per_class: int) -> tuple[list[Path], list[int]]:
+    """The first ``per_class`` image files of every class folder by name (read with scandir: no stat per file)."""
     from ettcli.data import IMAGE_SUFFIXES, class_folders
 
     files, labels = [], []
     for c, folder in enumerate(class_folders(spec, train_dir)):
-        first = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:per_class]
-        _enough(spec, c, len(first), per_class)
-        files += first
-        labels += [c] * len(first)
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file())
+        _enough(spec, c, len(names), per_class)
+        files += [folder / n for n in names[:per_class]]
+        labels += [c] * per_class
     return files, labels
 
 
