@@ -67,6 +67,10 @@ Like = Annotated[
     Path | None,
     typer.Option("--like", metavar="REF", help="Keep exactly as many weights as this ticket (same architecture)."),
 ]
+LikeMask = Annotated[
+    Path | None,
+    typer.Option("--like", metavar="REF", help="The ticket whose mask is copied (default: TICKET's own)."),
+]
 MatchOpt = Annotated[
     Match | None,
     typer.Option(
@@ -179,9 +183,12 @@ def add_method_command(group: typer.Typer, m: Method) -> None:
     def command(**kw) -> None:
         run_prune(m, names, kw)
 
+    def annotation(n: str):
+        return LikeMask if (n == "like" and m.copies_mask) else OPTIONS[n][0]
+
     command.__signature__ = inspect.Signature(
         [
-            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=OPTIONS[n][0], default=OPTIONS[n][1])
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=annotation(n), default=OPTIONS[n][1])
             for n in names
         ]
     )
