@@ -8,6 +8,7 @@ first use::
     plan = ettcli.make_plan(ticket, "resnet-56", order="interpolate")
     ettcli.stretch(ticket, "resnet-56").save("r56.safetensors")
     ettcli.squeeze("r56.safetensors", "resnet-20", drop="interleave")
+    ettcli.prune("r20_rewind.safetensors", "snip", like="r20_level10.safetensors").save("r20_snip.safetensors")
 """
 
 __version__ = "0.1.0"
@@ -29,6 +30,8 @@ _LAZY = {
     "TrainSettings": "ettcli.train",
     "load_model": "ettcli.models",
     "SparsityReport": "ettcli.sparsity",
+    "prune": "ettcli.pruning",
+    "METHODS": "ettcli.pruning",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from ettcli import __version__
-from ettcli.commands import lottery, tickets, train, transform
+from ettcli.commands import lottery, prune, tickets, train, transform
 from ettcli.commands.common import EttTyper
 
 app = EttTyper(
@@ -39,11 +39,8 @@ tickets.register(app)
 transform.register(app)
 train.register(app)
 
-prune_app = EttTyper(
-    name="prune", help="Find tickets (IMP) and make pruning baselines at matched sparsity.", no_args_is_help=True
-)
-lottery.register(prune_app)
-app.add_typer(prune_app)
+lottery.register(prune.app)
+prune.register(app)
 
 
 def main() -> None:

@@ -245,13 +245,17 @@ class Masker:
             torch._foreach_mul_(self.params, self.masks)
 
 
-def model_from_ticket(ticket: Ticket, device: str | torch.device = "cpu") -> nn.Module:
-    """A model of the ticket's architecture holding its tensors (``strict=True``), pruned weights zeroed."""
+def model_from_ticket(ticket: Ticket, device: str | torch.device = "cpu", masked: bool = True) -> nn.Module:
+    """A model of the ticket's architecture holding its tensors (``strict=True``).
+
+    Pruned weights are zeroed unless ``masked=False`` (pruning methods score the unmasked weights).
+    """
     model = build_model(ticket.arch, seed=None, init=False)
     state = {k: torch.from_numpy(np.array(v)) for k, v in ticket.arrays()}
     model.load_state_dict(state, strict=True)
     model.to(device)
-    Masker(model, ticket.masks).apply()
+    if masked:
+        Masker(model, ticket.masks).apply()
     return model
 
 
