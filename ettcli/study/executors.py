@@ -103,7 +103,7 @@ class LocalExecutor:
                 out.append((key, "done", None))
             elif p.exitcode == BUSY_EXIT:
                 out.append((key, "busy", None))
-            elif p.exitcode is not None and p.exitcode < 0:
+            elif p.exitcode is not None and (p.exitcode < 0 or p.exitcode >= 128):
                 out.append((key, "interrupted", log))
             else:
                 out.append((key, "failed", log))
@@ -153,7 +153,9 @@ class SubmititExecutor:
             self.executor.update_parameters(**params)
         except (ValueError, TypeError) as exc:
             raise EttError(f"submitit refused the [slurm] settings: {exc}") from None
-        self.threads = slurm.get("cpus")
+        # a Slurm task may use the CPUs it was given (its affinity); submitit's local cluster starts every
+        # job at once, so each gets one thread there unless [slurm] cpus says otherwise
+        self.threads = slurm.get("cpus") or (1 if self.cluster == "local" else None)
         self.jobs: dict[str, object] = {}
         self.slots = None
 

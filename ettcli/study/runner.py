@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from ettcli.errors import EttError
@@ -106,7 +107,15 @@ def run_job(root: str | os.PathLike, key: str, *, threads: int | None = None, lo
             with _logging_to(folder / LOG) if log else contextlib.nullcontext():
                 if log:
                     print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()} pid {os.getpid()}: {key}")
-                rows, outputs = KINDS[job["kind"]](root, job, threads)
+                try:
+                    rows, outputs = KINDS[job["kind"]](root, job, threads)
+                except EttError as exc:
+                    print(f"ett: error: {exc}", file=sys.stderr)
+                    raise
+                except BaseException as exc:
+                    if log and not _interrupted(exc):
+                        traceback.print_exc()
+                    raise
         except BaseException as exc:
             _note(folder, "interrupted" if _interrupted(exc) else "failed", error=f"{type(exc).__name__}: {exc}"[:500])
             raise
@@ -315,7 +324,11 @@ def child_main(root: str, key: str, threads: int | None, environ: dict, gpu: str
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
-    status = run_job(root, key, threads=threads)
+    try:
+        status = run_job(root, key, threads=threads)
+    except BaseException as exc:  # the job's log holds the error; the driver reports where it is
+        signum = getattr(exc, "signum", None)
+        sys.exit(128 + signum if _interrupted(exc) and signum else 130 if _interrupted(exc) else 1)
     if status == "busy":
         sys.exit(BUSY_EXIT)
 
