@@ -125,21 +125,26 @@ def test_a_killed_driver_reruns_only_what_is_missing(killed):
 @pytest.fixture(scope="module")
 def two_seeds(killed):
     """A seed added to the file, then two drivers started at once on the same folder."""
-    path, out = killed["path"], killed["out"]
+    from typer.testing import CliRunner
+
+    from ettcli.cli import app
+
+    path = killed["path"]
     old = set(plan_jobs(load_study(path)))
-    before = attempts(out)
     path.write_text(study_text(load_study(path).data_root, seeds=(0, 1)))
     new = set(plan_jobs(load_study(path))) - old
     t0 = time.time()
-    procs = [driver(path, "--jobs", "1") for _ in range(2)]
-    results = [p.communicate(timeout=600) for p in procs]
-    return {**killed, "old": old, "new": new, "t0": t0, "procs": procs, "results": results, "before_attempts": before}
+    other = driver(path, "--jobs", "1")  # a second driver in another process, on the same folder at once
+    mine = CliRunner().invoke(app, ["study", "run", str(path), "--jobs", "1"])
+    _, err = other.communicate(timeout=600)
+    return {**killed, "old": old, "new": new, "t0": t0, "other": (other.returncode, err), "mine": mine}
 
 
 def test_adding_a_seed_runs_only_new_jobs_and_two_drivers_never_run_one_job_twice(two_seeds):
     out = two_seeds["out"]
-    for p, (_, err) in zip(two_seeds["procs"], two_seeds["results"]):
-        assert p.returncode == 0, err
+    assert two_seeds["other"][0] == 0, two_seeds["other"][1]
+    mine = two_seeds["mine"]
+    assert mine.exit_code == 0, (mine.stdout, mine.stderr)
     new, old = two_seeds["new"], two_seeds["old"]
     jobs = plan_jobs(load_study(two_seeds["path"]))
     assert new and {jobs[k].kind for k in new} <= {"train", "dense"}

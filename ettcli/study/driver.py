@@ -277,10 +277,8 @@ def run_study(
                 last_results = time.monotonic()
             if not heavy:
                 time.sleep(poll)
-    except BaseException:
-        executor.stop()
-        raise
     finally:
+        executor.stop()  # at the end: ends idle workers; on an interrupt: stops running jobs at a checkpoint
         path, n = write_results(root, jobs)
         log.close()
     return Outcome(counts, failed, n, path)

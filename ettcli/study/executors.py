@@ -1,8 +1,8 @@
 """Executors: where a study's heavy jobs run. Both hand a job to :func:`ettcli.study.runner.run_job`.
 
-* :class:`LocalExecutor`: concurrent processes on this machine, forked from a server that has imported torch
-  once. On GPU machines each process sees one GPU (``jobs_per_gpu`` processes share it); on CPUs the cores
-  are split between the concurrent jobs (each trains with ``cores // jobs`` threads).
+* :class:`LocalExecutor`: concurrent worker processes on this machine, forked from a server that has imported
+  torch once, each running one job after another. On GPU machines each worker sees one GPU (``jobs_per_gpu``
+  workers share it); on CPUs the cores are split between the concurrent jobs (``cores // jobs`` threads each).
 * :class:`SubmititExecutor`: Slurm job arrays through submitit (one array per wave of ready jobs), with
   partition, time, GPUs, CPUs and memory from the study's ``[slurm]`` table. ``cluster = "local"`` runs the
   same arrays through submitit's own local executor.
@@ -13,13 +13,14 @@ holds the job's lock), ``interrupted`` or ``failed`` (detail: where its log is).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 from ettcli.errors import EttError
-from ettcli.study.runner import BUSY_EXIT, LOG, job_folder
+from ettcli.study.runner import LOG, job_folder
 
 
 def visible_gpus(device: str) -> list[str]:
@@ -47,7 +48,12 @@ def cores() -> int:
 
 
 class LocalExecutor:
-    """Up to ``slots`` job processes at once (see the module docstring)."""
+    """Up to ``slots`` jobs at once, each slot a long-lived worker process (see the module docstring).
+
+    Workers are forked from a server that imported torch once; a worker then runs one job after another, so a
+    launch costs a message on a pipe rather than a fork of a large process. A worker whose job failed is
+    retired and replaced for the next job, so a failure cannot leave state behind for another job.
+    """
 
     kind = "local"
 
@@ -57,72 +63,114 @@ class LocalExecutor:
         self.root = Path(root)
         gpus = visible_gpus(device)
         if gpus:
-            per = jobs_per_gpu
-            self.slot_gpus: list[str | None] = [g for g in gpus for _ in range(per)]
-            if jobs is not None:
-                self.slot_gpus = self.slot_gpus[:jobs] if jobs <= len(self.slot_gpus) else self.slot_gpus
+            self.slot_gpus: list[str | None] = [g for g in gpus for _ in range(jobs_per_gpu)][: jobs or None]
         else:
             self.slot_gpus = [None] * (jobs or 1)
         self.slots = len(self.slot_gpus)
         self.threads = max(1, cores() // self.slots)
+        omp = os.environ.get("OMP_NUM_THREADS", "")
+        if omp.isdigit() and int(omp) > 0:  # a limit set in the environment is kept
+            self.threads = min(self.threads, int(omp))
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(["ettcli.study.preload"])
-        self.procs: dict[str, tuple[object, int]] = {}
+        self.workers: list[tuple[object, object] | None] = [None] * self.slots  # (process, pipe) per slot
+        self.busy: dict[int, str] = {}  # slot -> job key
 
     def describe(self) -> str:
-        where = f"{len(set(g for g in self.slot_gpus if g is not None))} GPU(s)" if self.slot_gpus[0] else "CPU"
+        n_gpus = len({g for g in self.slot_gpus if g is not None})
+        where = f"{n_gpus} GPU(s)" if n_gpus else "CPU"
         return f"local: {self.slots} job(s) at once on {where}, {self.threads} thread(s) each"
 
     def free(self) -> int:
-        return self.slots - len(self.procs)
+        return self.slots - len(self.busy)
 
     def running(self) -> set[str]:
-        return set(self.procs)
+        return set(self.busy.values())
+
+    def _worker(self, slot: int):
+        from ettcli.study.runner import worker_main
+
+        w = self.workers[slot]
+        if w is not None and w[0].is_alive():
+            return w
+        mine, theirs = self.ctx.Pipe()
+        p = self.ctx.Process(
+            target=worker_main, args=(theirs, self.threads, self.slot_gpus[slot]), name=f"ett-worker-{slot}"
+        )
+        p.start()
+        theirs.close()
+        self.workers[slot] = (p, mine)
+        return self.workers[slot]
 
     def submit(self, keys: list[str]) -> None:
-        from ettcli.study.runner import child_main
-
-        used = {slot for _, slot in self.procs.values()}
-        free = [i for i in range(self.slots) if i not in used]
+        free = [i for i in range(self.slots) if i not in self.busy]
+        env = dict(os.environ)
         for key in keys:
             slot = free.pop(0)
-            args = (str(self.root), key, self.threads, dict(os.environ), self.slot_gpus[slot])
-            p = self.ctx.Process(target=child_main, args=args, name=f"ett-job-{key}")
-            p.start()
-            self.procs[key] = (p, slot)
+            _, pipe = self._worker(slot)
+            pipe.send((str(self.root), key, env))
+            self.busy[slot] = key
+
+    def _retire(self, slot: int) -> None:
+        w, self.workers[slot] = self.workers[slot], None
+        if w is not None:
+            p, pipe = w
+            with contextlib.suppress(BrokenPipeError, OSError):
+                pipe.send(None)
+            pipe.close()
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join()
 
     def poll(self) -> list[tuple[str, str, str | None]]:
         out = []
-        for key, (p, _) in list(self.procs.items()):
-            if p.is_alive():
-                continue
-            p.join()
-            del self.procs[key]
+        for slot, key in list(self.busy.items()):
+            p, pipe = self.workers[slot]
             log = str(job_folder(self.root, key) / LOG)
-            if p.exitcode == 0:
-                out.append((key, "done", None))
-            elif p.exitcode == BUSY_EXIT:
-                out.append((key, "busy", None))
-            elif p.exitcode is not None and (p.exitcode < 0 or p.exitcode >= 128):
-                out.append((key, "interrupted", log))
+            try:
+                outcome = pipe.recv() if pipe.poll() else None
+            except (EOFError, OSError):
+                outcome = "died"
+            if outcome is None:
+                if p.is_alive():
+                    continue
+                outcome = "died"
+            del self.busy[slot]
+            if outcome in ("done", "busy"):
+                out.append((key, outcome, None))
+                continue
+            self._retire(slot)  # a failed or stopped job's process is not reused
+            if outcome == "died":
+                out.append((key, "failed", f"{log} (its process died, exit code {p.exitcode})"))
             else:
-                out.append((key, "failed", log))
+                out.append((key, outcome, log))
         return out
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Ask every running job to stop (SIGTERM: training writes a checkpoint first), then wait for them."""
+        """Ask running jobs to stop (SIGTERM: training writes a checkpoint first), then end every worker."""
         import time
 
-        for p, _ in self.procs.values():
+        for slot in self.busy:
+            p, _ = self.workers[slot]
             if p.is_alive():
                 p.terminate()
         end = time.monotonic() + timeout
-        for p, _ in self.procs.values():
+        for slot in range(self.slots):
+            w = self.workers[slot]
+            if w is None:
+                continue
+            p, pipe = w
+            if slot not in self.busy:
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    pipe.send(None)
             p.join(max(0.0, end - time.monotonic()))
             if p.is_alive():
                 p.kill()
                 p.join()
-        self.procs.clear()
+            pipe.close()
+            self.workers[slot] = None
+        self.busy.clear()
 
 
 class SubmititExecutor:

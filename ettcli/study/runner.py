@@ -31,7 +31,6 @@ RESULT = "result.json"
 ATTEMPTS = "attempts.jsonl"
 LOG = "log.txt"
 LOCK = "lock"
-BUSY_EXIT = 75  # EX_TEMPFAIL: another process holds the job
 
 
 def job_folder(root: Path, key: str) -> Path:
@@ -315,22 +314,33 @@ KINDS = {"imp": _imp, "rewind": _rewind, "transfer": _transfer, "prune": _prune,
 
 
 # --- process entry points -------------------------------------------------------------------------------------
-def child_main(root: str, key: str, threads: int | None, environ: dict, gpu: str | None) -> None:
-    """The local executor's process: the driver's environment, one GPU (or none), then :func:`run_job`."""
-    os.environ.clear()
-    os.environ.update(environ)
+def worker_main(conn, threads: int | None, gpu: str | None) -> None:
+    """A local executor's worker: receives ``(root, key, environment)``, runs the job, answers its outcome
+    (``done``, ``busy``, ``failed``, ``interrupted``); ``None`` or a closed pipe ends it."""
     if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    if threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(threads)
-    try:
-        status = run_job(root, key, threads=threads)
-    except BaseException as exc:  # the job's log holds the error; the driver reports where it is
-        signum = getattr(exc, "signum", None)
-        sys.exit(128 + signum if _interrupted(exc) and signum else 130 if _interrupted(exc) else 1)
-    if status == "busy":
-        sys.exit(BUSY_EXIT)
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before anything touches CUDA
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if msg is None:
+            return
+        root, key, environ = msg
+        os.environ.clear()
+        os.environ.update(environ)
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        try:
+            outcome = "busy" if run_job(root, key, threads=threads) == "busy" else "done"
+        except BaseException as exc:  # the job's log holds the error; the driver reports where it is
+            outcome = "interrupted" if _interrupted(exc) else "failed"
+        try:
+            conn.send(outcome)
+        except (BrokenPipeError, OSError):
+            return
+        if outcome == "interrupted":
+            return
 
 
 def submitit_entry(root: str, key: str, threads: int | None) -> str:
