@@ -177,3 +177,18 @@ def test_the_study_commands_do_not_import_torch(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert r.stdout.strip() == "[]", r.stdout
+
+
+def test_wall_time_estimate_follows_the_graph(tmp_path):
+    from ettcli.study.costs import estimate
+
+    study = load_study(write(tmp_path, BASE.replace("seeds = [0]", "seeds = [0, 1, 2]")))
+    jobs = plan_jobs(study)
+    ips = {"cifar_resnet_14_4": 100.0, "cifar_resnet_20_4": 50.0}
+    one = estimate(study, tmp_path / "out", jobs, set(), ips, slots=1)
+    many = estimate(study, tmp_path / "out", jobs, set(), ips, slots=100)
+    assert one["wall_hours"] == pytest.approx(one["total"]["hours"])  # one slot: everything in a row
+    chain = sum(j.cost["images"] + j.cost["eval_images"] / 3 for j in jobs.values() if j.kind == "imp") / 100 / 3600
+    longest_after = max(j.cost["images"] + j.cost["eval_images"] / 3 for j in jobs.values() if j.kind == "train")
+    assert many["wall_hours"] == pytest.approx(chain + longest_after / 50 / 3600)  # the IMP chain, then one training
+    assert one["total"]["flops"] == many["total"]["flops"] > 0

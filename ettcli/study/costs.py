@@ -153,18 +153,36 @@ def estimate(study: Study, root: Path, jobs: dict[str, Job], done: set[str], ips
 
 
 def _wall(jobs: dict[str, Job], secs: dict[str, float], slots: int) -> float:
-    """Finish time of greedy list scheduling on ``slots`` workers, jobs started in plan order when ready."""
+    """When the last job would end if, as the driver does, every free slot takes the first ready job in plan
+    order (light jobs take no slot and no time)."""
     import heapq
 
-    finish: dict[str, float] = {}
-    free = [0.0] * max(1, slots)
-    for key, job in jobs.items():  # plan order is topological
-        ready = max((finish[d] for d in job.deps), default=0.0)
-        if jobs[key].light:
-            finish[key] = ready
-            continue
-        t = heapq.heappop(free)
-        start = max(t, ready)
-        finish[key] = start + secs[key]
-        heapq.heappush(free, finish[key])
-    return max(finish.values(), default=0.0)
+    order = {k: i for i, k in enumerate(jobs)}
+    waiting = {k: len(j.deps) for k, j in jobs.items()}
+    dependents: dict[str, list[str]] = defaultdict(list)
+    for k, j in jobs.items():
+        for d in j.deps:
+            dependents[d].append(k)
+    ready = [order[k] for k, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    keys = list(jobs)
+    running: list[tuple[float, str]] = []
+    now = 0.0
+
+    def finish(key: str) -> None:
+        for d in dependents[key]:
+            waiting[d] -= 1
+            if waiting[d] == 0:
+                heapq.heappush(ready, order[d])
+
+    while ready or running:
+        while ready and (jobs[keys[ready[0]]].light or len(running) < max(1, slots)):
+            key = keys[heapq.heappop(ready)]
+            if jobs[key].light:
+                finish(key)
+            else:
+                heapq.heappush(running, (now + secs[key], key))
+        if running:
+            now, key = heapq.heappop(running)
+            finish(key)
+    return now
