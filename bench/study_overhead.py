@@ -95,6 +95,7 @@ def main() -> None:
         path = study_file(tmp)
         cold = dry_run(path, tmp / "dry", tmp / "cache-cold")
         warm = dry_run(path, tmp / "dry", tmp / "cache-cold")
+        _, t_torch = timed(lambda: subprocess.run([sys.executable, "-c", "import torch"], check=True))
 
         os.environ["ETT_CACHE"] = str(tmp / "cache-cold")
         root = tmp / "out"
@@ -132,7 +133,8 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}"
     )
     print(f"study: {n} jobs ({sum(not j.light for j in jobs.values())} through the executor)")
-    print(f"--dry-run, fresh interpreter: {cold:.2f} s with a cold FLOPs cache, {warm:.2f} s warm")
+    print(f"--dry-run, fresh interpreter: {cold:.2f} s with a cold FLOPs cache, {warm:.2f} s warm "
+          f"(python -c 'import torch' alone: {t_torch:.2f} s)")  # fmt: skip
     print(f"load + check the study file: {1e3 * t_load:.0f} ms ({1e3 * t_load / n:.3f} ms/job)")
     print(f"plan jobs and hash identities: {1e3 * t_plan:.0f} ms ({1e3 * t_plan / n:.3f} ms/job)")
     print(f"write job files: {1e3 * t_write:.0f} ms first ({1e3 * t_write / n:.3f} ms/job), "
