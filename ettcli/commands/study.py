@@ -144,11 +144,13 @@ def _dry_run(study, root, jobs, jobs_per_gpu, executor, calibrate) -> None:
             ips.update(costs.calibrate(study, missing, threads))
     est = costs.estimate(study, root, plan, done, ips, slots)
     table = Table(title=f"study {study.name}: {len(plan)} jobs in {root}")
-    for col in ("job kind", "jobs", "done", "training PFLOPs", "hours left"):
+    from ettcli.study.report import flops_text
+
+    for col in ("job kind", "jobs", "done", "training FLOPs", "hours left"):
         table.add_column(col, justify="right" if col != "job kind" else "left")
     for r in [*est["rows"], est["total"]]:
         hours = "?" if r["hours"] is None else f"{r['hours']:.2f}"
-        table.add_row(r["kind"], str(r["jobs"]), str(r["done"]), f"{r['flops'] / 1e15:.3f}", hours)
+        table.add_row(r["kind"], str(r["jobs"]), str(r["done"]), flops_text(r["flops"]) if r["flops"] else "-", hours)
     console = stdout_console()
     console.print(table)
     if est["total"]["hours"] is None:

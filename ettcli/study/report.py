@@ -97,7 +97,10 @@ def summarize(rows: list[dict]) -> dict:
             name = label(r, variants)
             kinds[name] = kind_of(r)
             cells[name][r["level"]].append(r)
-        order = sorted(kinds, key=lambda n: (ORDER.get(kinds[n], 3), _depth_key(n)))
+        first = {n: i for i, n in enumerate(kinds)}  # baselines keep the study's order
+        order = sorted(
+            kinds, key=lambda n: (ORDER.get(kinds[n], 3), _depth_key(n) if kinds[n] == "ett" else (first[n], ""))
+        )
         levels = sorted(
             {lv for n in cells if kinds[n] != "imp" for lv in cells[n]} or {lv for n in cells for lv in cells[n]}
         )
