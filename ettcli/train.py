@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -61,6 +61,7 @@ class TrainSettings:
     sync_bn: bool = False  # synchronise BatchNorm statistics across processes
     workers: int | None = None  # DataLoader workers (image folders)
     threads: int | None = None  # CPU threads (default: the cores this process may use)
+    subset: int | None = None  # train on this many training images, class-balanced, the same for every seed
 
     def check(self) -> None:
         """Refuse values that cannot train, before any work is done."""
@@ -72,6 +73,8 @@ class TrainSettings:
                 raise EttError(f"{name.replace('_', ' ')} {value}: must be a finite number")
         if self.workers is not None and self.workers < 0:
             raise EttError(f"workers {self.workers}: must be 0 (load in the main process) or more")
+        if self.subset is not None and self.subset < 1:
+            raise EttError(f"subset {self.subset}: must be at least 1 image")
         if self.threads is not None and self.threads < 1:
             raise EttError(f"threads {self.threads}: must be at least 1")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -225,6 +228,8 @@ def train_ticket(
         if batch < world:
             raise EttError(f"batch size {batch} is smaller than the {world} processes")
         data = _load_data(ds, root, settings.download, rank, world)
+        if settings.subset is not None:
+            data = _subset(data, ds, settings.subset)
         n_train = len(data.train_y) if ds.kind == "memory" else len(data[0])
         per_epoch = iterations_per_epoch(n_train, batch, world)
         if per_epoch == 0:
@@ -259,6 +264,8 @@ def train_ticket(
             "sync_bn": settings.sync_bn,
             "world_size": world,
         }
+        if settings.subset is not None:
+            identity["subset"] = settings.subset
         run = RunFolder(Path(folder), identity) if folder else RunFolder.default(stem_of(path or "ticket"), identity)
         state = run.state()  # a folder holding another run is refused here, even with force
         if force:
@@ -332,6 +339,31 @@ def _check_steps(first: int, end: int, total: int, snap: int | None, start: Step
             f"snapshot step {format_step(snap, per_epoch)} must lie between the start "
             f"({format_step(first, per_epoch)}) and the end ({format_step(end, per_epoch)}) of training"
         )
+
+
+def _subset(data, ds, n: int):
+    """``n`` training images, class-balanced (``n // classes`` each, one more for the first ``n % classes``
+    classes), drawn by a fixed seed so that every run, whatever its own seed, trains on the same images."""
+    import numpy as np
+
+    if ds.kind != "memory":
+        raise EttError(f"subset: {ds.name} is read from image folders; a training subset needs an in-memory dataset")
+    y = data.train_y
+    classes = np.unique(y)
+    per, extra = divmod(n, len(classes))
+    rng = np.random.default_rng(0)
+    chosen = []
+    for i, c in enumerate(classes):
+        idx = np.flatnonzero(y == c)
+        want = per + (1 if i < extra else 0)
+        if want > len(idx):
+            raise EttError(
+                f"subset {n}: class {data.classes[int(c)] if int(c) < len(data.classes) else c} has only {len(idx)} "
+                f"training images, fewer than the {want} a balanced subset takes from it; choose a smaller subset"
+            )
+        chosen.append(np.sort(rng.choice(idx, want, replace=False)))
+    keep = np.sort(np.concatenate(chosen))
+    return replace(data, train_x=data.train_x[keep], train_y=data.train_y[keep])
 
 
 def _dist_env() -> tuple[int, int, int]:

@@ -55,6 +55,13 @@ SyncBn = Annotated[
     ),
 ]
 Workers = Annotated[int | None, typer.Option("--workers", help="DataLoader workers for image-folder datasets.")]
+Subset = Annotated[
+    int | None,
+    typer.Option(
+        "--subset",
+        help="Train on N training images, class-balanced and the same for every seed (CIFAR-style datasets).",
+    ),
+]
 Threads = Annotated[
     int | None,
     typer.Option("--threads", help="CPU threads (default: the cores this process may use). Use 1 on a busy machine."),
@@ -78,6 +85,7 @@ def settings_from(
     sync_bn=False,
     workers=None,
     threads=None,
+    subset=None,
     **_,
 ):
     """The core settings from option values (extra keyword arguments, the command's own, are ignored)."""
@@ -100,4 +108,5 @@ def settings_from(
         sync_bn=sync_bn,
         workers=workers,
         threads=threads,
+        subset=subset,
     )

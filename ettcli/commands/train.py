@@ -42,6 +42,7 @@ def train(
     sync_bn: opt.SyncBn = False,
     workers: opt.Workers = None,
     threads: opt.Threads = None,
+    subset: opt.Subset = None,
     from_step: Annotated[
         str | None, typer.Option("--from-step", help="Start here instead of the ticket's rewind step (e.g. 0it).")
     ] = None,

@@ -1,0 +1,188 @@
+"""Cost estimates for a planned study: training FLOPs per job and hours at a throughput measured here.
+
+FLOPs follow :mod:`ettcli.flops` (three sparse forward passes per training image; dense per-layer counts from
+torch's flop counter, cached). Planned jobs have no masks yet, so a level-L ticket is counted at IMP's density
+``(1 - rate)**L`` in every layer; transfers and baselines land close to it.
+
+Hours need images per second, and training runs dense kernels under masks, so its speed does not depend on
+the sparsity. The throughput of each architecture comes, in this order, from the study's own finished
+runs (``images_per_second`` in their summaries), from an earlier calibration on this host (cached under
+``$ETT_CACHE``), or from :func:`calibrate`, which trains the architecture for a few dozen steps with
+:func:`ettcli.train.train_ticket` on the study's data. Evaluation is counted as one forward pass (a third of
+a training image) per test image per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections import defaultdict
+from pathlib import Path
+
+from ettcli.study.graph import Job
+from ettcli.study.runner import job_folder
+from ettcli.study.spec import Study
+
+_CACHE_NAME = "throughput-v1.json"
+
+
+def _cache_file() -> Path:
+    from ettcli.data import cache_dir
+
+    return cache_dir() / _CACHE_NAME
+
+
+def _calib_key(study: Study, arch: str, threads: int) -> str:
+    t = study.train
+    parts = [socket.gethostname(), arch, study.dataset, str(t.get("batch_size") or "recipe"), t.get("device", "auto"),
+             t.get("precision", "auto"), str(threads)]  # fmt: skip
+    return "/".join(parts)
+
+
+def job_flops(job: Job, image_size: int) -> float:
+    """Estimated training FLOPs of one job (0 for jobs that do not train)."""
+    from ettcli.flops import forward_flops, training_flops
+
+    c = job.cost
+    if not c:
+        return 0.0
+    dense_images = c.get("dense_images", 0)
+    sparse = forward_flops(c["arch"], c["density"], c["num_classes"], image_size)
+    dense = forward_flops(c["arch"], 1.0, c["num_classes"], image_size) if dense_images else 0.0
+    return training_flops(sparse, c["images"] - dense_images) + training_flops(dense, dense_images)
+
+
+def job_seconds(job: Job, ips: float | None) -> float | None:
+    """Estimated seconds of one job at ``ips`` training images per second (evaluation included)."""
+    c = job.cost
+    if not c:
+        return 0.0
+    if not ips:
+        return None
+    return (c["images"] + c["eval_images"] / 3) / ips
+
+
+def measured_throughput(root: Path, jobs: dict[str, Job]) -> dict[str, float]:
+    """Training images per second per architecture, from the summaries of this study's finished runs."""
+    seen: dict[str, list[float]] = defaultdict(list)
+    for key, job in jobs.items():
+        if job.kind not in ("train", "dense", "rewind"):
+            continue
+        summary = job_folder(root, key) / "run" / "summary.json"
+        try:
+            ips = json.loads(summary.read_text())["images_per_second"]
+        except (OSError, ValueError, KeyError):
+            continue
+        seen[job.cost["arch"]].append(float(ips))
+    return {a: sorted(v)[len(v) // 2] for a, v in seen.items()}
+
+
+def cached_throughput(study: Study, archs, threads: int) -> dict[str, float]:
+    try:
+        cache = json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {a: cache[_calib_key(study, a, threads)] for a in archs if _calib_key(study, a, threads) in cache}
+
+
+def calibrate(study: Study, archs, threads: int, steps: int = 30) -> dict[str, float]:
+    """Train each architecture for ``steps`` steps on the study's data (``train_ticket``) and cache the speed."""
+    import tempfile
+
+    from ettcli.arch import parse_arch
+    from ettcli.models import init_ticket
+    from ettcli.stfile import atomic_path
+    from ettcli.train import TrainSettings, train_ticket
+
+    settings = TrainSettings(
+        **{k: v for k, v in study.train.items() if k not in ("epochs",)},
+        dataset=study.dataset,
+        data_root=study.data_root,
+        threads=threads,
+    )
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="ett-calibrate-") as tmp:
+        for arch in archs:
+            ticket = init_ticket(parse_arch(arch, num_classes=study.num_classes), 0)
+            res = train_ticket(ticket, settings, folder=Path(tmp) / arch, from_step="0it", stop_at=f"{steps}it")
+            out[arch] = float(res.summary["images_per_second"])
+    path = _cache_file()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    cache.update({_calib_key(study, a, threads): v for a, v in out.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp_path:
+        tmp_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    return out
+
+
+def estimate(study: Study, root: Path, jobs: dict[str, Job], done: set[str], ips: dict[str, float], slots: int) -> dict:
+    """Per job kind: jobs, done, training FLOPs and hours (left to run); with the total and a wall-clock
+    estimate over ``slots`` concurrent jobs (list scheduling along the graph)."""
+    from ettcli.data import DATASETS
+
+    image = DATASETS[study.dataset].image_size
+    kinds: dict[str, dict] = {}
+    secs: dict[str, float | None] = {}
+    for key, job in jobs.items():
+        k = kinds.setdefault(job.kind, {"kind": job.kind, "jobs": 0, "done": 0, "flops": 0.0, "hours": 0.0})
+        k["jobs"] += 1
+        k["flops"] += job_flops(job, image)
+        s = job_seconds(job, ips.get(job.cost.get("arch"))) if job.cost else 0.0
+        secs[key] = s
+        if key in done:
+            k["done"] += 1
+        elif s is None:
+            k["hours"] = None
+        elif k["hours"] is not None:
+            k["hours"] += s / 3600
+    rows = list(kinds.values())
+    total = {
+        "kind": "total",
+        "jobs": sum(r["jobs"] for r in rows),
+        "done": sum(r["done"] for r in rows),
+        "flops": sum(r["flops"] for r in rows),
+        "hours": None if any(r["hours"] is None for r in rows) else sum(r["hours"] for r in rows),
+    }
+    wall = None
+    if total["hours"] is not None:
+        wall = _wall(jobs, {k: (0.0 if k in done else v or 0.0) for k, v in secs.items()}, slots) / 3600
+    return {"rows": rows, "total": total, "wall_hours": wall, "slots": slots, "throughput": ips}
+
+
+def _wall(jobs: dict[str, Job], secs: dict[str, float], slots: int) -> float:
+    """When the last job would end if, as the driver does, every free slot takes the first ready job in plan
+    order (light jobs take no slot and no time)."""
+    import heapq
+
+    order = {k: i for i, k in enumerate(jobs)}
+    waiting = {k: len(j.deps) for k, j in jobs.items()}
+    dependents: dict[str, list[str]] = defaultdict(list)
+    for k, j in jobs.items():
+        for d in j.deps:
+            dependents[d].append(k)
+    ready = [order[k] for k, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    keys = list(jobs)
+    running: list[tuple[float, str]] = []
+    now = 0.0
+
+    def finish(key: str) -> None:
+        for d in dependents[key]:
+            waiting[d] -= 1
+            if waiting[d] == 0:
+                heapq.heappush(ready, order[d])
+
+    while ready or running:
+        while ready and (jobs[keys[ready[0]]].light or len(running) < max(1, slots)):
+            key = keys[heapq.heappop(ready)]
+            if jobs[key].light:
+                finish(key)
+            else:
+                heapq.heappush(running, (now + secs[key], key))
+        if running:
+            now, key = heapq.heappop(running)
+            finish(key)
+    return now

@@ -1,0 +1,248 @@
+"""Executors: where a study's heavy jobs run. Both hand a job to :func:`ettcli.study.runner.run_job`.
+
+* :class:`LocalExecutor`: concurrent worker processes on this machine, forked from a server that has imported
+  torch once, each running one job after another. On GPU machines each worker sees one GPU (``jobs_per_gpu``
+  workers share it); on CPUs the cores are split between the concurrent jobs (``cores // jobs`` threads each).
+* :class:`SubmititExecutor`: Slurm job arrays through submitit (one array per wave of ready jobs), with
+  partition, time, GPUs, CPUs and memory from the study's ``[slurm]`` table. ``cluster = "local"`` runs the
+  same arrays through submitit's own local executor.
+
+``poll()`` reports finished jobs as ``(key, outcome, detail)``: outcome ``done``, ``busy`` (another process
+holds the job's lock), ``interrupted`` or ``failed`` (detail: where its log is).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ettcli.errors import EttError
+from ettcli.study.runner import LOG, job_folder
+
+
+def visible_gpus(device: str) -> list[str]:
+    """The GPUs jobs may use (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``); none for ``device = "cpu"``."""
+    if device == "cpu":
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(x for x in out.splitlines() if x.startswith("GPU "))]
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class LocalExecutor:
+    """Up to ``slots`` jobs at once, each slot a long-lived worker process (see the module docstring).
+
+    Workers are forked from a server that imported torch once; a worker then runs one job after another, so a
+    launch costs a message on a pipe rather than a fork of a large process. A worker whose job failed is
+    retired and replaced for the next job, so a failure cannot leave state behind for another job.
+    """
+
+    kind = "local"
+
+    def __init__(self, root: Path, jobs: int | None, jobs_per_gpu: int = 1, device: str = "auto"):
+        import multiprocessing
+
+        self.root = Path(root)
+        gpus = visible_gpus(device)
+        if gpus:
+            self.slot_gpus: list[str | None] = [g for g in gpus for _ in range(jobs_per_gpu)][: jobs or None]
+        else:
+            self.slot_gpus = [None] * (jobs or 1)
+        self.slots = len(self.slot_gpus)
+        self.threads = max(1, cores() // self.slots)
+        omp = os.environ.get("OMP_NUM_THREADS", "")
+        if omp.isdigit() and int(omp) > 0:  # a limit set in the environment is kept
+            self.threads = min(self.threads, int(omp))
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["ettcli.study.preload"])
+        self.workers: list[tuple[object, object] | None] = [None] * self.slots  # (process, pipe) per slot
+        self.busy: dict[int, str] = {}  # slot -> job key
+
+    def describe(self) -> str:
+        n_gpus = len({g for g in self.slot_gpus if g is not None})
+        where = f"{n_gpus} GPU(s)" if n_gpus else "CPU"
+        return f"local: {self.slots} job(s) at once on {where}, {self.threads} thread(s) each"
+
+    def free(self) -> int:
+        return self.slots - len(self.busy)
+
+    def running(self) -> set[str]:
+        return set(self.busy.values())
+
+    def _worker(self, slot: int):
+        from ettcli.study.runner import worker_main
+
+        w = self.workers[slot]
+        if w is not None and w[0].is_alive():
+            return w
+        mine, theirs = self.ctx.Pipe()
+        p = self.ctx.Process(
+            target=worker_main, args=(theirs, self.threads, self.slot_gpus[slot]), name=f"ett-worker-{slot}"
+        )
+        p.start()
+        theirs.close()
+        self.workers[slot] = (p, mine)
+        return self.workers[slot]
+
+    def submit(self, keys: list[str]) -> None:
+        free = [i for i in range(self.slots) if i not in self.busy]
+        env = dict(os.environ)
+        for key in keys:
+            slot = free.pop(0)
+            _, pipe = self._worker(slot)
+            pipe.send((str(self.root), key, env))
+            self.busy[slot] = key
+
+    def _retire(self, slot: int) -> None:
+        w, self.workers[slot] = self.workers[slot], None
+        if w is not None:
+            p, pipe = w
+            with contextlib.suppress(BrokenPipeError, OSError):
+                pipe.send(None)
+            pipe.close()
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+    def poll(self) -> list[tuple[str, str, str | None]]:
+        out = []
+        for slot, key in list(self.busy.items()):
+            p, pipe = self.workers[slot]
+            log = str(job_folder(self.root, key) / LOG)
+            try:
+                outcome = pipe.recv() if pipe.poll() else None
+            except (EOFError, OSError):
+                outcome = "died"
+            if outcome is None:
+                if p.is_alive():
+                    continue
+                outcome = "died"
+            del self.busy[slot]
+            if outcome in ("done", "busy"):
+                out.append((key, outcome, None))
+                continue
+            self._retire(slot)  # a failed or stopped job's process is not reused
+            if outcome == "died":
+                out.append((key, "failed", f"{log} (its process died, exit code {p.exitcode})"))
+            else:
+                out.append((key, outcome, log))
+        return out
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Ask running jobs to stop (SIGTERM: training writes a checkpoint first), then end every worker."""
+        import time
+
+        for slot in self.busy:
+            p, _ = self.workers[slot]
+            if p.is_alive():
+                p.terminate()
+        end = time.monotonic() + timeout
+        for slot in range(self.slots):
+            w = self.workers[slot]
+            if w is None:
+                continue
+            p, pipe = w
+            if slot not in self.busy:
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    pipe.send(None)
+            p.join(max(0.0, end - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join()
+            pipe.close()
+            self.workers[slot] = None
+        self.busy.clear()
+
+
+class SubmititExecutor:
+    """Slurm job arrays through submitit; jobs keep running on the cluster if the driver stops."""
+
+    kind = "slurm"
+
+    def __init__(self, root: Path, slurm: dict, name: str):
+        try:
+            import submitit
+        except ImportError:
+            raise EttError(
+                "the slurm executor runs jobs through submitit, which is not installed; "
+                "install it with: pip install -e '.[study]' (or pip install submitit)"
+            ) from None
+        self.root = Path(root)
+        self.cluster = slurm.get("cluster", "slurm")
+        self.executor = submitit.AutoExecutor(folder=self.root / "slurm" / "%j", cluster=self.cluster)
+        params: dict = {"name": f"ett-{name}"}
+        generic = {"time_min": "timeout_min", "gpus": "gpus_per_node", "cpus": "cpus_per_task", "mem_gb": "mem_gb"}
+        for k, p in generic.items():
+            if k in slurm:
+                params[p] = slurm[k]
+        for k in ("partition", "array_parallelism", "account", "qos"):
+            if k in slurm:
+                params[f"slurm_{k}"] = slurm[k]
+        try:
+            self.executor.update_parameters(**params)
+        except (ValueError, TypeError) as exc:
+            raise EttError(f"submitit refused the [slurm] settings: {exc}") from None
+        # a Slurm task may use the CPUs it was given (its affinity); submitit's local cluster starts every
+        # job at once, so each gets one thread there unless [slurm] cpus says otherwise
+        self.threads = slurm.get("cpus") or (1 if self.cluster == "local" else None)
+        self.jobs: dict[str, object] = {}
+        self.slots = None
+
+    def describe(self) -> str:
+        return f"slurm through submitit ({self.cluster}), logs in {self.root / 'slurm'}"
+
+    def free(self) -> int:
+        return 1 << 30
+
+    def running(self) -> set[str]:
+        return set(self.jobs)
+
+    def submit(self, keys: list[str]) -> None:
+        from ettcli.study.runner import submitit_entry
+
+        if not keys:
+            return
+        n = len(keys)
+        try:
+            handles = self.executor.map_array(submitit_entry, [str(self.root)] * n, keys, [self.threads] * n)
+        except Exception as exc:  # sbatch missing, refused, ...: one line with submitit's reason
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EttError(f"submitting {n} job(s) through submitit failed: {first}") from None
+        self.jobs.update(zip(keys, handles))
+
+    def poll(self) -> list[tuple[str, str, str | None]]:
+        out = []
+        for key, h in list(self.jobs.items()):
+            if not h.done():
+                continue
+            del self.jobs[key]
+            exc = h.exception()
+            if exc is None:
+                status = h.result()
+                out.append((key, "busy" if status == "busy" else "done", None))
+            else:
+                out.append((key, "failed", f"{job_folder(self.root, key) / LOG} (submitit: {h.paths.stderr})"))
+        return out
+
+    def stop(self, timeout: float = 0.0) -> None:
+        """Leave submitted jobs to the cluster: they finish, and a later run collects them."""
+        self.jobs.clear()

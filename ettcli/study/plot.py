@@ -1,0 +1,81 @@
+"""The paper's figures from ``results.jsonl``: accuracy against the percentage of weights remaining.
+
+One panel per target; x is the percentage of prunable weights remaining on a log scale, decreasing to the
+right; y is the final test accuracy. Each method is a mean line over its runs with a +- one standard
+deviation band; the dense accuracy is a horizontal line; IMP is solid black, ``ETT <- n`` solid in colour,
+baselines dashed; one legend for all panels. matplotlib's object API on its Agg canvas (no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ettcli.errors import EttError
+from ettcli.study.report import METRIC, mean_std, read_results, summarize
+
+FORMATS = (".png", ".svg", ".pdf")
+
+
+def plot_study(folder: str | Path, out: str | Path | None = None) -> Path:
+    """Draw ``folder``'s results into ``out`` (default ``folder/figure.png``); returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    folder = Path(folder)
+    out = Path(out) if out is not None else folder / "figure.png"
+    if out.suffix.lower() not in FORMATS:
+        raise EttError(f"{out}: choose a .png, .svg or .pdf file name")
+    if not out.parent.exists():
+        raise EttError(f"{out}: folder {out.parent} does not exist; create it first")
+    data = summarize(read_results(folder))
+    if not data:
+        raise EttError(f"{folder}: no target has results beyond its own IMP run yet; nothing to plot")
+    n = len(data)
+    cols = min(n, 3)
+    rows_ = math.ceil(n / cols)
+    fig = Figure(figsize=(4.6 * cols, 3.6 * rows_ + 0.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows_, cols, squeeze=False).ravel()
+    palette = ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive"]
+    colours: dict[str, str] = {"IMP": "black"}
+    handles: dict[str, object] = {}
+    for ax, (target, d) in zip(axes, data.items()):
+        for name in d["order"]:
+            kind = d["kinds"][name]
+            pts = []
+            for _, rs in sorted(d["cells"][name].items()):
+                remaining = 100 * (1 - sum(r["sparsity"] for r in rs) / len(rs))
+                mean, std = mean_std([100 * r[METRIC] for r in rs])
+                pts.append((remaining, mean, std or 0.0))
+            if not pts:
+                continue
+            colour = colours.setdefault(name, palette[(len(colours) - 1) % len(palette)])
+            xs, ys, ss = zip(*sorted(pts, reverse=True))
+            style = "--" if kind == "baseline" else "-"
+            (line,) = ax.plot(xs, ys, style, color=colour, marker="o", markersize=3, linewidth=1.5, label=name)
+            ax.fill_between(
+                xs,
+                [y - s for y, s in zip(ys, ss)],
+                [y + s for y, s in zip(ys, ss)],
+                color=colour,
+                alpha=0.15,
+                linewidth=0,
+            )
+            handles.setdefault(name, line)
+        if d["dense"]:
+            dense = 100 * sum(d["dense"]) / len(d["dense"])
+            handles.setdefault("Dense", ax.axhline(dense, color="grey", linestyle=":", linewidth=1.2, label="Dense"))
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_title(target)
+        ax.set_xlabel("weights remaining (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.legend(
+        list(handles.values()), list(handles), loc="outside lower center", ncol=min(len(handles), 6), frameon=False
+    )
+    fig.savefig(out, dpi=110)
+    return out

@@ -1,0 +1,348 @@
+"""Running one job of a planned study: what ``ett study job DIR KEY``, the local executor's processes and
+submitit's Slurm tasks all call (:func:`run_job`).
+
+A job's folder ``DIR/jobs/KEY/`` holds ``job.json`` (written by the driver: kind, identity, inputs),
+``lock`` while it runs, ``attempts.jsonl`` (one line per start and end, with host and pid), ``log.txt`` and,
+once finished, ``result.json`` (its results rows and outputs). A finished job is never run again; one whose
+lock is held by a live process is left to it (``"busy"``).
+
+The work itself composes the core: :func:`ettcli.lottery.imp` level by level, :func:`ettcli.train.train_ticket`
+(``stop_at`` for rewind points), :func:`ettcli.transform.apply_plan` and :func:`ettcli.pruning.prune`.
+torch is imported only by the kinds that train or score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from ettcli.errors import EttError
+from ettcli.study.graph import JOBS_DIR
+from ettcli.study.locks import JobLock
+
+JOB = "job.json"
+RESULT = "result.json"
+ATTEMPTS = "attempts.jsonl"
+LOG = "log.txt"
+LOCK = "lock"
+
+
+def job_folder(root: Path, key: str) -> Path:
+    return Path(root) / JOBS_DIR / key
+
+
+def read_job(root: Path, key: str) -> dict:
+    path = job_folder(root, key) / JOB
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EttError(f"{path}: no such job; run 'ett study run' (or --emit) on the study first") from None
+    except ValueError:
+        raise EttError(f"{path}: not a valid job file; rerun 'ett study run' to rewrite it") from None
+
+
+def read_result(root: Path, key: str) -> dict | None:
+    try:
+        return json.loads((job_folder(root, key) / RESULT).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _note(folder: Path, event: str, **extra) -> None:
+    line = {"event": event, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), **extra}
+    with open(folder / ATTEMPTS, "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+@contextlib.contextmanager
+def _logging_to(path: Path):
+    """Send this process's stdout and stderr (file descriptors included) to ``path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
+
+
+def run_job(root: str | os.PathLike, key: str, *, threads: int | None = None, log: bool = True) -> str:
+    """Run job ``key`` of the study in ``root``: ``"done"``, ``"done-before"`` or ``"busy"``.
+
+    A failure raises (an :class:`EttError` for bad input) after noting it in ``attempts.jsonl``; with
+    ``log``, the job's output goes to its ``log.txt``.
+    """
+    from ettcli.stfile import atomic_path
+
+    root = Path(root)
+    folder = job_folder(root, key)
+    job = read_job(root, key)
+    if (folder / RESULT).is_file():
+        return "done-before"
+    lock = JobLock(folder / LOCK)
+    if not lock.acquire():
+        return "busy"
+    try:
+        if (folder / RESULT).is_file():
+            return "done-before"
+        lock.start_heartbeat()
+        _note(folder, "start", threads=threads)
+        t0 = time.time()
+        try:
+            with _logging_to(folder / LOG) if log else contextlib.nullcontext():
+                if log:
+                    print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()} pid {os.getpid()}: {key}")
+                try:
+                    rows, outputs = KINDS[job["kind"]](root, job, threads)
+                except EttError as exc:
+                    print(f"ett: error: {exc}", file=sys.stderr)
+                    raise
+                except BaseException as exc:
+                    if log and not _interrupted(exc):
+                        traceback.print_exc()
+                    raise
+        except BaseException as exc:
+            _note(folder, "interrupted" if _interrupted(exc) else "failed", error=f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        result = {"key": key, "kind": job["kind"], "rows": rows, "outputs": outputs, "seconds": time.time() - t0,
+                  "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+        with atomic_path(folder / RESULT) as tmp:
+            tmp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+        _note(folder, "done", seconds=result["seconds"])
+        return "done"
+    finally:
+        lock.release()
+
+
+def _interrupted(exc: BaseException) -> bool:
+    return isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Interrupted"
+
+
+# --- the kinds ------------------------------------------------------------------------------------------------
+def _settings(job: dict, threads: int | None, seed_from: dict | None = None):
+    from ettcli.train import TrainSettings
+
+    s = dict((seed_from or job["spec"])["settings"])
+    env = job.get("env", {})
+    return TrainSettings(**s, data_root=env.get("data_root"), workers=env.get("workers"), threads=threads)
+
+
+def _hooks(label: str):
+    from ettcli.train import Hooks
+
+    def epoch(row):
+        print(
+            f"{label} epoch {row['epoch']} ({row['step']}): train loss {row['train_loss']:.4f}, "
+            f"test acc {100 * row['test_accuracy']:.2f}%, {row['images_per_second']:.0f} images/s",
+            flush=True,
+        )
+
+    return Hooks(epoch=epoch, info=lambda line: print(line, flush=True))
+
+
+def _rel(root: Path, path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _row(root: Path, job: dict, run_folder: Path, ticket, **extra) -> dict:
+    """One results row: the job's labels, the ticket's sparsity, the run's accuracy, time and FLOPs."""
+    from ettcli.data import DATASETS
+    from ettcli.flops import ticket_forward_flops, training_flops
+
+    summary = json.loads((run_folder / "summary.json").read_text())
+    config = json.loads((run_folder / "config.json").read_text())
+    batch = config["identity"]["recipe"]["batch_size"]
+    image = DATASETS[config["identity"]["dataset"]].image_size
+    total, kept = ticket.counts()
+    forward = ticket_forward_flops(ticket, image)
+    return {
+        **job["row"],
+        **extra,
+        "sparsity": 1 - kept / total if total else 0.0,
+        "kept": kept,
+        "prunable": total,
+        "final_test_accuracy": summary["final_test_accuracy"],
+        "best_test_accuracy": summary["best_test_accuracy"],
+        "epochs": summary["epochs"],
+        "start_step": summary["start_step"],
+        "steps": summary["steps"],
+        "forward_flops": forward,
+        "train_flops": training_flops(forward, summary["steps"] * batch),
+        "seconds": summary["seconds"],
+        "device": summary["device"],
+        "precision": summary["precision"],
+        "run": _rel(root, run_folder),
+        "job": job["key"],
+    }
+
+
+def _imp(root: Path, job: dict, threads):
+    from ettcli.arch import parse_arch
+    from ettcli.lottery import ImpSpec, imp
+    from ettcli.models import init_ticket
+    from ettcli.ticket import read_ticket
+
+    s = job["spec"]
+    src = s["source"]
+    if "arch" in src:
+        source = init_ticket(parse_arch(src["arch"], num_classes=src["num_classes"]), src["init_seed"])
+    else:
+        source = read_ticket(job["env"]["source_ticket"])
+        if source.fingerprint() != src["fingerprint"]:
+            raise EttError(
+                f"{job['env']['source_ticket']} changed since the study was planned; rerun 'ett study run' to plan it again"
+            )
+    out = root / s["folder"]
+    rows = imp(
+        source,
+        _settings(job, threads),
+        levels=s["level"],
+        out=out,
+        spec=ImpSpec(rate=s["rate"], rewind=s["rewind"], scope=s["scope"]),
+        seed=src.get("init_seed", 0),
+        hooks_for=lambda level: _hooks(f"level {level}"),
+        command="ett study run",
+    )
+    mine = [r for r in rows if r["level"] == s["level"] or (s["level"] == 1 and r["level"] == 0)]
+    seed = s["settings"]["seed"]
+    result = []
+    for r in mine:
+        level_dir = Path(r["folder"])
+        ticket = read_ticket(level_dir / "ticket.safetensors")
+        result.append(_row(root, job, level_dir, ticket, level=r["level"], seed=seed))
+    return result, {"folder": s["folder"]}
+
+
+def _rewind(root: Path, job: dict, threads):
+    from ettcli.arch import parse_arch
+    from ettcli.models import init_ticket
+    from ettcli.train import train_ticket
+
+    s = job["spec"]
+    dense = init_ticket(parse_arch(s["arch"], num_classes=s["num_classes"]), s["init_seed"])
+    folder = job_folder(root, job["key"]) / "run"
+    train_ticket(dense, _settings(job, threads), folder=folder, from_step="0it", stop_at=s["rewind"],
+                 hooks=_hooks("rewind"), metadata={"ett.command": "ett study run"})  # fmt: skip
+    return [], {"ticket": _rel(root, folder / "final.safetensors")}
+
+
+def _transfer(root: Path, job: dict, threads):
+    from ettcli.plan import make_plan
+    from ettcli.ticket import read_ticket
+    from ettcli.transform import apply_plan
+
+    s = job["spec"]
+    ticket = read_ticket(root / s["ticket_path"])
+    option = {}
+    if s["mapping"]:
+        option["mapping"] = s["mapping"]
+    else:
+        option["order" if s["verb"] == "stretch" else "drop"] = s["preset"]
+    plan = make_plan(ticket.arch, stages=tuple(s["target"]), verb=s["verb"], **option)
+    out = apply_plan(ticket, plan, s["random_copies"], s["verb"])
+    out.metadata["ett.command"] = "ett study run"
+    path = job_folder(root, job["key"]) / "ticket.safetensors"
+    out.save(path)
+    return [], {"ticket": _rel(root, path), "sparsity": out.sparsity()}
+
+
+def _prune(root: Path, job: dict, threads):
+    from ettcli.pruning import METHODS, prune
+
+    s = job["spec"]
+    method = METHODS.lookup(s["method"])
+    match = s["match"] if s["match"] in method.matches else None
+    kwargs = {"like": root / s["like_path"], "seed": s["seed"], "dataset": s["dataset"]}
+    if method.data:
+        kwargs.update(data=job.get("env", {}).get("data_root"), samples_per_class=s["samples_per_class"])
+    if match is not None:
+        kwargs["match"] = match
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    out = prune(root / s["ticket_path"], s["method"], **kwargs)
+    out.metadata["ett.command"] = "ett study run"
+    path = job_folder(root, job["key"]) / "ticket.safetensors"
+    out.save(path)
+    return [], {"ticket": _rel(root, path), "sparsity": out.sparsity()}
+
+
+def _train(root: Path, job: dict, threads):
+    from ettcli.ticket import read_ticket
+    from ettcli.train import train_ticket
+
+    s = job["spec"]
+    ticket = read_ticket(root / s["ticket_path"])
+    folder = job_folder(root, job["key"]) / "run"
+    train_ticket(ticket, _settings(job, threads), folder=folder, hooks=_hooks("train"),
+                 metadata={"ett.command": "ett study run"})  # fmt: skip
+    return [_row(root, job, folder, ticket)], {"run": _rel(root, folder)}
+
+
+def _dense(root: Path, job: dict, threads):
+    from ettcli.arch import parse_arch
+    from ettcli.models import init_ticket
+    from ettcli.train import train_ticket
+
+    s = job["spec"]
+    ticket = init_ticket(parse_arch(s["arch"], num_classes=s["num_classes"]), s["init_seed"])
+    folder = job_folder(root, job["key"]) / "run"
+    train_ticket(ticket, _settings(job, threads), folder=folder, from_step="0it", hooks=_hooks("dense"),
+                 metadata={"ett.command": "ett study run"})  # fmt: skip
+    return [_row(root, job, folder, ticket)], {"run": _rel(root, folder)}
+
+
+KINDS = {"imp": _imp, "rewind": _rewind, "transfer": _transfer, "prune": _prune, "train": _train, "dense": _dense}
+
+
+# --- process entry points -------------------------------------------------------------------------------------
+def worker_main(conn, threads: int | None, gpu: str | None) -> None:
+    """A local executor's worker: receives ``(root, key, environment)``, runs the job, answers its outcome
+    (``done``, ``busy``, ``failed``, ``interrupted``); ``None`` or a closed pipe ends it."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before anything touches CUDA
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if msg is None:
+            return
+        root, key, environ = msg
+        os.environ.clear()
+        os.environ.update(environ)
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        try:
+            outcome = "busy" if run_job(root, key, threads=threads) == "busy" else "done"
+        except BaseException as exc:  # the job's log holds the error; the driver reports where it is
+            outcome = "interrupted" if _interrupted(exc) else "failed"
+        try:
+            conn.send(outcome)
+        except (BrokenPipeError, OSError):
+            return
+        if outcome == "interrupted":
+            return
+
+
+def submitit_entry(root: str, key: str, threads: int | None) -> str:
+    """What a submitit (Slurm) task runs; its return value is the job's status."""
+    return run_job(root, key, threads=threads)

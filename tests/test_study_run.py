@@ -1,0 +1,250 @@
+"""`ett study run` end to end on a tiny real study: a width-4 ResNet-14 source, a ResNet-20 target, 1 epoch on
+300 CIFAR-10 images. Killing the driver, adding a seed, two drivers on one folder, a failing job, submitit's
+local executor, --emit, and the report and plot recomputed from results.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from train_util import cifar_subset, needs_cifar
+
+from ettcli.study.graph import plan_jobs
+from ettcli.study.spec import load_study
+
+pytestmark = [needs_cifar, pytest.mark.data]
+HAVE_METHODS = hasattr(__import__("ettcli.pruning", fromlist=["x"]), "METHODS")
+METHODS = '["magnitude"]' if HAVE_METHODS else "[]"
+
+
+def study_text(data_root: Path, seeds=(0,), methods: str = METHODS, extra: str = "", levels=(1, 2)) -> str:
+    return f"""\
+name = "tiny"
+dataset = "cifar10"
+data_root = "{data_root}"
+seeds = {list(seeds)}
+sources = ["cifar_resnet_14_4"]
+targets = ["resnet-20"]
+
+[train]
+epochs = 1
+batch_size = 50
+
+[imp]
+levels = {max(levels)}
+rewind = "2it"
+
+[transfer]
+levels = {list(levels)}
+stretch = ["append"]
+
+[baselines]
+methods = {methods}
+{extra}"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ETT_CACHE", str(base / "cache"))
+        mp.setenv("OMP_NUM_THREADS", "1")
+        root = cifar_subset(tmp_path_factory.getbasetemp())
+        yield {"base": base, "root": root}
+
+
+def driver(path: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "ettcli", "study", "run", str(path), *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def attempts(out: Path) -> dict[str, list[dict]]:
+    found = {}
+    for f in (out / "jobs").glob("*/attempts.jsonl"):
+        found[f.parent.name] = [json.loads(x) for x in f.read_text().splitlines()]
+    return found
+
+
+def done_jobs(out: Path) -> set[str]:
+    return {p.parent.name for p in (out / "jobs").glob("*/result.json")}
+
+
+def starts(events: list[dict], after: float = 0.0) -> int:
+    return sum(1 for e in events if e["event"] == "start" and e["time"] >= after)
+
+
+@pytest.fixture(scope="module")
+def killed(env):
+    """The tiny study: a driver killed (SIGTERM) after two jobs, then run again to the end."""
+    from typer.testing import CliRunner
+
+    from ettcli.cli import app
+
+    path = env["base"] / "tiny.toml"
+    path.write_text(study_text(env["root"]))
+    out = env["base"] / "tiny"
+    p = driver(path, "--jobs", "1")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and p.poll() is None and len(done_jobs(out) if out.exists() else ()) < 2:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    before = done_jobs(out)
+    rerun_at = time.time()
+    r = CliRunner().invoke(app, ["study", "run", str(path), "--jobs", "2"])
+    assert r.exit_code == 0, (r.stdout, r.stderr, r.exception)
+    return {"path": path, "out": out, "rc": p.returncode, "err": err, "before": before, "rerun_at": rerun_at}
+
+
+def test_a_killed_driver_reruns_only_what_is_missing(killed):
+    out = killed["out"]
+    assert killed["rc"] == 130, killed["err"]
+    assert "rerun the same command" in killed["err"]
+    jobs = plan_jobs(load_study(killed["path"]))
+    assert done_jobs(out) == set(jobs)
+    before = killed["before"]
+    assert 2 <= len(before) < len(jobs)
+    seen = attempts(out)
+    ran_again = {k for k, ev in seen.items() if starts(ev, killed["rerun_at"])}
+    assert ran_again == set(jobs) - before  # the rerun ran exactly the jobs that were not finished
+    for key in before:
+        assert starts(seen[key]) == 1 and not starts(seen[key], killed["rerun_at"])
+    for key in set(jobs) - before:  # a job stopped by the kill is noted as interrupted and finished once
+        assert [e["event"] for e in seen[key]].count("done") == 1
+
+
+@pytest.fixture(scope="module")
+def two_seeds(killed):
+    """A seed added to the file, then two drivers started at once on the same folder."""
+    from typer.testing import CliRunner
+
+    from ettcli.cli import app
+
+    path = killed["path"]
+    old = set(plan_jobs(load_study(path)))
+    path.write_text(study_text(load_study(path).data_root, seeds=(0, 1)))
+    new = set(plan_jobs(load_study(path))) - old
+    t0 = time.time()
+    other = driver(path, "--jobs", "1")  # a second driver in another process, on the same folder at once
+    mine = CliRunner().invoke(app, ["study", "run", str(path), "--jobs", "1"])
+    _, err = other.communicate(timeout=600)
+    return {**killed, "old": old, "new": new, "t0": t0, "other": (other.returncode, err), "mine": mine}
+
+
+def test_adding_a_seed_runs_only_new_jobs_and_two_drivers_never_run_one_job_twice(two_seeds):
+    out = two_seeds["out"]
+    assert two_seeds["other"][0] == 0, two_seeds["other"][1]
+    mine = two_seeds["mine"]
+    assert mine.exit_code == 0, (mine.stdout, mine.stderr)
+    new, old = two_seeds["new"], two_seeds["old"]
+    jobs = plan_jobs(load_study(two_seeds["path"]))
+    assert new and {jobs[k].kind for k in new} <= {"train", "dense"}
+    assert all(jobs[k].row["seed"] == 1 for k in new)
+    assert done_jobs(out) == set(jobs)
+    seen = attempts(out)
+    for key in new:
+        assert starts(seen[key]) == 1, (key, seen[key])  # one start in all, whichever driver got it
+    for key in old:
+        assert not starts(seen[key], two_seeds["t0"]), key
+
+
+def test_report_numbers_are_recomputed_from_results(two_seeds, cli):
+    out = two_seeds["out"]
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    jobs = plan_jobs(load_study(two_seeds["path"]))
+    assert {r["job"] for r in rows} == {k for k, j in jobs.items() if j.kind in ("imp", "train", "dense")}
+    r = cli("study", "report", out)
+    assert r.exit_code == 0, r.stderr
+    report = (out / "report.md").read_text()
+    assert report.strip() == r.stdout.strip()
+    target = "cifar_resnet_20_4"
+
+    def accs(method, level=None):
+        return [
+            100 * x["final_test_accuracy"]
+            for x in rows
+            if x["target"] == target and x["method"] == method and (level is None or x["level"] == level)
+        ]
+
+    dense = accs("dense")
+    assert len(dense) == 2
+    assert f"Dense: {statistics.mean(dense):.2f} ± {statistics.stdev(dense):.2f} (2)" in report
+    for level in (1, 2):
+        ett = accs("ett", level)
+        cell = f"{statistics.mean(ett):.2f} ± {statistics.stdev(ett):.2f} (2)"
+        line = next(x for x in report.splitlines() if x.startswith("| ETT <- 14 |"))
+        assert line.split("|")[level + 1].strip() == cell
+        drops = [x for x in report.splitlines() if x.startswith("| ETT <- 14 |")][2]
+        assert drops.split("|")[level + 1].strip() == f"{statistics.mean(ett) - statistics.mean(dense):+.2f}"
+        sparsity = [100 * x["sparsity"] for x in rows if x["method"] == "ett" and x["level"] == level]
+        assert f"level {level} ({statistics.mean(sparsity):.2f}%)" in report
+    imp_flops = sum(x["train_flops"] for x in rows if x["target"] == "cifar_resnet_14_4" and x["method"] == "imp")
+    ref = statistics.mean(x["train_flops"] for x in rows if x["method"] == "dense")
+    line = next(x for x in report.splitlines() if x.startswith("| IMP on cifar_resnet_14_4, levels 0-2 |"))
+    assert line.endswith(f"| {imp_flops / ref:.3f}x |"), line
+    if HAVE_METHODS:
+        mag = accs("magnitude", 2)
+        line = next(x for x in report.splitlines() if x.startswith("| magnitude |"))
+        assert line.split("|")[3].strip() == f"{statistics.mean(mag):.2f} ± {statistics.stdev(mag):.2f} (2)"
+
+
+def test_plot_writes_a_figure(two_seeds, cli, tmp_path):
+    for name in ("fig.png", "fig.svg"):
+        r = cli("study", "plot", two_seeds["out"], "-o", tmp_path / name)
+        assert r.exit_code == 0, r.stderr
+        assert (tmp_path / name).stat().st_size > 5000
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"ETT" in (tmp_path / "fig.svg").read_bytes()
+
+
+def test_a_failing_job_is_reported_others_finish_and_emit_then_lists_it(env, cli):
+    path = env["base"] / "fail.toml"
+    path.write_text(study_text(env["root"], methods="[]", levels=(1,)))
+    jobs = plan_jobs(load_study(path))
+    out = env["base"] / "fail"
+    dense = next(k for k, j in jobs.items() if j.kind == "dense")
+    run = out / "jobs" / dense / "run"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"identity": {"something": "else"}}')  # a folder holding another run
+    r = cli("study", "run", path, "--jobs", "2")
+    assert r.exit_code == 1
+    log = out / "jobs" / dense / "log.txt"
+    assert f"failed: {dense}: {log}" in r.stderr
+    assert "ett: error:" in log.read_text() and "holds a run with different settings" in log.read_text()
+    assert done_jobs(out) == set(jobs) - {dense}
+    assert f"failed {dense}" in (out / "study.log").read_text()
+
+    # --emit lists what is ready and not done: the failed job; `ett study job` runs it once its folder is fixed
+    r = cli("study", "run", path, "--emit")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines() == [f"ett study job {out} {dense}"]
+    (run / "config.json").unlink()
+    r = cli("study", "job", out, dense)
+    assert r.exit_code == 0, r.stderr
+    assert done_jobs(out) == set(jobs)
+    assert cli("study", "run", path, "--emit").stdout == ""
+    assert "already done" in cli("study", "job", out, dense).stdout
+
+
+def test_submitit_local_executor_runs_the_study(env, cli):
+    pytest.importorskip("submitit")
+    path = env["base"] / "slurm.toml"
+    text = study_text(env["root"], methods="[]", levels=(1,)).replace("seeds = [0]", "seeds = [0]\ndense = false")
+    path.write_text(text + '\n[slurm]\ncluster = "local"\ntime = 10\n')
+    r = cli("study", "run", path, "--executor", "slurm")
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    out = env["base"] / "slurm"
+    jobs = plan_jobs(load_study(path))
+    assert done_jobs(out) == set(jobs)
+    assert list((out / "slurm").glob("*/*_result.pkl"))  # submitit ran them
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in rows} == {"imp", "ett"}
