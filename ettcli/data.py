@@ -14,7 +14,7 @@ by a hash of the file list with sizes and modification times, written atomically
 never is.
 
 ImageNet stays on disk: image folders ``train/<class>/*`` and ``val/<class>/*`` (``test/`` accepted) read
-through a DataLoader with workers and the standard transforms (DESIGN.md section 6).
+through a DataLoader with workers and the standard ImageNet transforms.
 
 Nothing here imports torch or numpy at module level (the CLI reads the registry for its help text).
 """
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-# open_lth normalises CIFAR with the ImageNet statistics, and so does ett (DESIGN.md section 6).
+# open_lth normalises CIFAR with the ImageNet statistics, and so does ett.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")

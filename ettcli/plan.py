@@ -4,7 +4,7 @@ A :class:`Plan` is parsed once from the mapping grammar (compatible with Elastic
 built by a preset, validated, and then used by every command: ``ett plan`` shows it, ``ett stretch`` and
 ``ett squeeze`` apply it (see :mod:`ettcli.transform`).
 
-Grammar (DESIGN.md section 5)::
+Grammar (docs/plans.md)::
 
     stage mapping   src:dst[,dst...];src:dst[,dst...];...     stage-local unit indices
     plan            stage|stage|...                            one stage mapping per stage

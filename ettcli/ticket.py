@@ -1,6 +1,6 @@
 """Tickets: rewind-point weights, masks and metadata, read from any supported layout, written atomically.
 
-Supported inputs (DESIGN.md section 3):
+Supported inputs (docs/ticket-format.md):
 
 * ett tickets and plain state-dict safetensors (``X`` and optional ``X_mask``);
 * ``torch.nn.utils.prune`` state dicts (``X_orig`` + ``X_mask``), in safetensors or ``.pt``;

@@ -1,4 +1,4 @@
-"""Plans: the default-mapping table of DESIGN.md section 5, the grammar, validation and target names."""
+"""Plans: the default-mapping table (docs/plans.md), the grammar, validation and target names."""
 
 from __future__ import annotations
 
