@@ -38,7 +38,7 @@ def _root(
 
 tickets.register(app)
 
-for _name in ("transform", "train"):
+for _name in ("transform", "train", "lmc"):
     try:
         _mod = __import__(f"ettcli.commands.{_name}", fromlist=["register"])
     except ModuleNotFoundError as _exc:  # a command group not present in this build
