@@ -1,13 +1,16 @@
 """The cost of an ``ett lmc`` measurement next to one training epoch, measured in the same run.
 
-Trains two copies of a CIFAR ResNet-20 ticket for one epoch each (seeds 0 and 1, through
-``ettcli.train.train_ticket``, as ``ett lmc`` does), then measures the path between them with
+Trains a CIFAR ResNet-20 ticket for one epoch (through ``ettcli.train.train_ticket``, as ``ett lmc`` does for
+each copy), then measures a path with
 ``ettcli.lmc.lmc_pair`` three ways: 11 alphas with BatchNorm re-estimated on 50 un-augmented batches of 128
 and the full test set (the measurement's core), the same plus the 10,000-image train subset (``ett lmc``'s
-default), and the core without the BatchNorm reset. Prints one Markdown table row per measurement with the
-seconds of each part.
+default), and the core without the BatchNorm reset. The path runs between two trained copies: ``--pair A B``
+(e.g. the two runs of an earlier ``ett lmc``), else the epoch just trained and a second one-epoch copy
+(seed 1). The cost does not depend on the weights, only on the architecture and the images. Prints one
+Markdown table row per measurement with the seconds of each part.
 
     ETT_CACHE=/tmp/ett/cache .venv/bin/python bench/lmc_cost.py --data-root /tmp/cifar
+    ETT_CACHE=/tmp/ett/cache .venv/bin/python bench/lmc_cost.py --data-root /tmp/cifar --pair A.safetensors B.safetensors
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.0, help="global magnitude sparsity of the ticket")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--pair", nargs=2, type=Path, default=None, help="two trained tickets of --arch to measure")
     args = ap.parse_args()
 
     import torch
@@ -49,7 +53,7 @@ def main() -> None:
 
     rows = []
     finals = []
-    for seed in (0, 1):
+    for seed in (0,) if args.pair else (0, 1):
         t = time.perf_counter()
         res = train_ticket(path, replace(base, seed=seed))
         wall = time.perf_counter() - t
@@ -64,6 +68,7 @@ def main() -> None:
             )
         )
     epoch = min(r[1] for r in rows)
+    finals = args.pair or finals
 
     for name, kw in (
         ("lmc: 11 alphas, BN reset 50x128, full test set", {"train_images": 0}),

@@ -267,6 +267,8 @@ def connectivity(
         if bn_reset and layers:
             with autocast:
                 reset_bn(model, feeder.plain_train_batches(bn_idx, bn_batch_size))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the seconds of each part, not of whatever the queue holds
         t1 = time.perf_counter()
         test_loss, test_acc = _evaluate(model, feeder.test_batches(), device, autocast)
         t2 = time.perf_counter()
