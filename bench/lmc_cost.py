@@ -1,13 +1,12 @@
 """The cost of an ``ett lmc`` measurement next to one training epoch, measured in the same run.
 
 Trains a CIFAR ResNet-20 ticket for one epoch (through ``ettcli.train.train_ticket``, as ``ett lmc`` does for
-each copy), then measures a path with
-``ettcli.lmc.lmc_pair`` three ways: 11 alphas with BatchNorm re-estimated on 50 un-augmented batches of 128
-and the full test set (the measurement's core), the same plus the 10,000-image train subset (``ett lmc``'s
-default), and the core without the BatchNorm reset. The path runs between two trained copies: ``--pair A B``
-(e.g. the two runs of an earlier ``ett lmc``), else the epoch just trained and a second one-epoch copy
-(seed 1). The cost does not depend on the weights, only on the architecture and the images. Prints one
-Markdown table row per measurement with the seconds of each part.
+each copy), then measures a path with ``ettcli.lmc.lmc_pair`` three ways: 11 alphas with BatchNorm
+re-estimated on 50 batches of 128 and the full test set (the measurement's core), the same plus the
+10,000-image train subset (``ett lmc``'s default), and the core without the BatchNorm reset. The path runs
+between two trained copies: ``--pair A B`` (e.g. the two runs of an earlier ``ett lmc``), else the epoch just
+trained and a second one-epoch copy (seed 1). The cost depends on the architecture and the images, not on the
+weights. Prints one Markdown table row per measurement with the seconds of each part.
 
     ETT_CACHE=/tmp/ett/cache .venv/bin/python bench/lmc_cost.py --data-root /tmp/cifar
     ETT_CACHE=/tmp/ett/cache .venv/bin/python bench/lmc_cost.py --data-root /tmp/cifar --pair A.safetensors B.safetensors

@@ -14,7 +14,7 @@ from torch import nn
 from train_util import cifar_subset, needs_cifar
 
 from ettcli.errors import EttError
-from ettcli.lmc import alpha_grid, instability, interpolate, reset_bn
+from ettcli.lmc import BN_SEED, alpha_grid, bn_indices, instability, interpolate, reset_bn
 from ettcli.models import model_from_ticket
 from ettcli.ticket import Ticket, read_ticket
 
@@ -121,6 +121,28 @@ def test_bn_reestimation_equals_the_statistics_computed_directly():
     assert torch.equal(model.bn.running_var, before)
 
 
+def test_bn_batches_are_the_first_batches_of_epoch_0_with_or_without_augmentation():
+    import itertools
+
+    from ettcli.data import InMemory, get_dataset
+    from ettcli.feeders import MemoryFeeder
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    data = InMemory(x, np.arange(40), x[:8], np.arange(8), [], "synthetic")  # labels name the images
+    feeder = MemoryFeeder(data, get_dataset("cifar10"), 8, torch.device("cpu"), seed=BN_SEED)
+    idx = bn_indices(40, 3, 8)
+    augmented = list(itertools.islice(feeder.batches(0), 3))
+    plain = list(feeder.plain_train_batches(idx, 8))
+    assert len(plain) == 3 and len(set(idx.tolist())) == 24
+    for (xa, ya), (xp, yp), i in zip(augmented, plain, idx.split(8)):
+        assert torch.equal(ya, yp) and torch.equal(yp, i)  # the same images, in the same batches
+        assert torch.equal(xp, feeder.normalise(torch.from_numpy(x[i.numpy()])))  # un-augmented
+        assert not torch.equal(xa, xp)  # cropped and flipped
+    with pytest.raises(EttError, match="need 48 training images but the dataset has 40"):
+        bn_indices(40, 6, 8)
+
+
 def test_reset_bn_leaves_a_network_without_batchnorm_alone():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).train()
     assert reset_bn(model, [torch.randn(2, 3, 8, 8)]) == 0 and not model.training
@@ -166,6 +188,9 @@ def test_bad_options_and_missing_data_give_one_line_and_no_output(cli, ticket_fi
     assert_user_error(cli("lmc", t, "--seeds", "3,3", "--data-root", nowhere), "seeds '3,3'", "two different")
     assert_user_error(cli("lmc", t, "--seeds", "a", "--data-root", nowhere), "seeds 'a'")
     assert_user_error(cli("lmc", t, "--train-images", "-1", "--data-root", nowhere), "train-images -1")
+    assert_user_error(
+        cli("lmc", t, "--bn-data", "test", "--data-root", nowhere), "bn-data 'test'", "augmented or plain"
+    )
     assert_user_error(cli("lmc", t, "--data-root", nowhere), "does not exist")
     assert_user_error(cli("lmc", "--pair", t, t, "--data-root", nowhere), "does not exist")
     assert_user_error(cli("lmc", "run"), "give the ticket to train")
@@ -244,6 +269,7 @@ def test_lmc_trains_two_copies_and_writes_the_curves(measured):
     a, b = (read_ticket(p) for p in rec["tickets"])
     assert any(not np.array_equal(a.array(n), b.array(n)) for n in a.masks)  # the seeds did change the training
     assert rec["settings"]["bn_reset"] and rec["settings"]["bn_batch_size"] == 50 and rec["bn_layers"] == 9
+    assert rec["settings"]["bn_data"] == "augmented"
     assert rec["sparsity"] == pytest.approx(0.8, abs=1e-3) and rec["rewind_step"] == "0it"
     for split, images in (("test", 100), ("train", 120)):
         curve = rec[split]
@@ -284,9 +310,10 @@ def test_two_copies_of_one_network_have_instability_zero(env, measured, tmp_path
     final = measured["reset"]["tickets"][0]
     out = tmp_path / "same"
     options = ["--device", "cpu", "--batch-size", "50", "--bn-batches", "2", "--train-images", "120", "--alphas", "4"]
+    options += ["--bn-data", "plain"]  # the default (augmented) runs in the tests above
     _invoke("lmc", "--pair", final, final, "--data-root", env["root"], *options, "--out", out, "-q")
     rec = json.loads((out / "lmc.json").read_text())
-    assert rec["runs"] is None and rec["kind"] == "lmc-pair"
+    assert rec["runs"] is None and rec["kind"] == "lmc-pair" and rec["settings"]["bn_data"] == "plain"
     for split in ("test", "train"):
         assert rec[split]["instability"] == 0.0
         assert len(set(rec[split]["error"])) == 1 and len(set(rec[split]["loss"])) == 1

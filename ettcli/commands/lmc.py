@@ -33,8 +33,9 @@ LMC_HELP = (
     "order and augmentation); they are ordinary ett train runs in $ETT_RUNS, so a finished run with the same "
     "settings is reused, not trained again. At each of --alphas evenly spaced points of [0, 1] the weights "
     "(1 - alpha) * A + alpha * B (masked weights 0) get their BatchNorm statistics re-estimated on --bn-batches "
-    "un-augmented training batches (the same at every alpha; --no-bn-reset keeps the interpolated statistics), "
-    "then the test set and --train-images un-augmented training images are evaluated. Instability: the largest "
+    "training batches, augmented as in training unless --bn-data plain (the same images, crops and flips at every "
+    "alpha; --no-bn-reset keeps the interpolated statistics), then the test set and --train-images un-augmented "
+    "training images are evaluated. Instability: the largest "
     "error along the path minus the mean of the endpoints' errors, in percentage points. Writes lmc.json to "
     "--out (default $ETT_RUNS/lmc-<ticket>-<identity hash>). --pair A B measures two tickets trained elsewhere "
     "(same architecture and masks); the training options are then refused."
@@ -72,8 +73,16 @@ def run(
     seeds: Annotated[str, typer.Option("--seeds", help="The two copies' seeds (data order, augmentation).")] = "0,1",
     alphas: Annotated[int, typer.Option("--alphas", help="Points on the path, endpoints included.")] = 11,
     bn_batches: Annotated[
-        int, typer.Option("--bn-batches", help="Un-augmented training batches that re-estimate BatchNorm.")
+        int, typer.Option("--bn-batches", help="Training batches that re-estimate BatchNorm at every alpha.")
     ] = 50,
+    bn_data: Annotated[
+        str,
+        typer.Option(
+            "--bn-data",
+            help="augmented: those batches cropped and flipped as in training, where the trained statistics come "
+            "from; plain: the same images un-augmented (lowers the endpoints' own accuracy).",
+        ),
+    ] = "augmented",
     bn_reset: Annotated[
         bool,
         typer.Option(
@@ -119,7 +128,8 @@ def run(
         extra = f", train acc {100 * row['train_accuracy']:.2f}%" if "train_accuracy" in row else ""
         say(f"alpha {row['alpha']:.3f}: test acc {100 * row['test_accuracy']:.2f}% loss {row['test_loss']:.4f}{extra}")
 
-    common = {"alphas": alphas, "bn_batches": bn_batches, "bn_reset": bn_reset, "train_images": train_images}
+    common = {"alphas": alphas, "bn_batches": bn_batches, "bn_reset": bn_reset, "bn_data": bn_data}
+    common["train_images"] = train_images
     with _ett_warnings():
         if pair is not None:
             if ticket is not None:
@@ -221,7 +231,8 @@ def _report(record: dict) -> None:
     from ettcli.commands.common import stdout_console
 
     test, train = record["test"], record["train"]
-    reset = "BatchNorm re-estimated" if record["settings"]["bn_reset"] else "interpolated BatchNorm statistics"
+    s = record["settings"]
+    reset = f"BatchNorm re-estimated ({s['bn_data']})" if s["bn_reset"] else "interpolated BatchNorm statistics"
     table = Table(title=f"{record['arch']} on {record['dataset']}, {100 * record['sparsity']:.2f}% sparse, {reset}")
     table.add_column("alpha", justify="right")
     table.add_column("test acc %", justify="right")
@@ -287,7 +298,7 @@ def plot(
     ax = fig.add_subplot()
     for name, rec in records:
         curve = rec[split]
-        tag = "" if rec["settings"]["bn_reset"] else ", no BN reset"
+        tag = f", BN {rec['settings'].get('bn_data')}" if rec["settings"]["bn_reset"] else ", no BN reset"
         ax.plot(
             rec["alphas"],
             curve["error"],
