@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from ettcli import __version__
-from ettcli.commands import lottery, prune, study, tickets, train, transform
+from ettcli.commands import lmc, lottery, prune, study, tickets, train, transform
 from ettcli.commands.common import EttTyper
 
 app = EttTyper(
@@ -42,6 +42,7 @@ train.register(app)
 lottery.register(prune.app)
 prune.register(app)
 study.register(app)
+lmc.register(app)
 
 
 def main() -> None:

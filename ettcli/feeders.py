@@ -103,6 +103,19 @@ class MemoryFeeder:
             x = self.augment(self.train_x[idx], plan["dy"][pos], plan["dx"][pos], plan["flip"][pos])
             yield self.normalise(x), self.train_y[idx]
 
+    def plain_train_batches(
+        self, indices: torch.Tensor, batch: int = EVAL_BATCH
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Training images at ``indices``, in that order, normalised but not augmented, ``batch`` at a time.
+
+        For measuring a trained network on its training data and re-estimating its BatchNorm statistics
+        (``ett lmc``): the same indices give the same tensors on every call.
+        """
+        idx = indices.to(self.device)
+        for s in range(0, len(idx), batch):
+            i = idx[s : s + batch]
+            yield self.normalise(self.train_x[i]), self.train_y[i]
+
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.test_y)
         for s in range(self.rank * EVAL_BATCH, n, EVAL_BATCH * self.world):
