@@ -293,7 +293,7 @@ def plot(
         raise EttError("plots need matplotlib: pip install 'ettcli[plots]'") from None
     from ettcli.stfile import atomic_path
 
-    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    fig = Figure(figsize=(5.5, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for name, rec in records:
@@ -310,7 +310,8 @@ def plot(
     ax.set_ylabel(f"{split} error (%)")
     ax.set_xlim(0, 1)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", title="instability", title_fontsize="small")
+    ncols = 1 if len(records) < 3 else 2  # below the axes, where no curve runs
+    fig.legend(loc="outside lower center", ncols=ncols, fontsize="small", title="instability", title_fontsize="small")
     if title:
         ax.set_title(title)
     with atomic_path(output) as tmp:
