@@ -12,11 +12,9 @@ explicit ``ett lmc run plot``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +22,7 @@ import typer
 
 from ettcli.commands import options as opt
 from ettcli.commands.common import EttGroup, EttTyper, command_line, handle_errors
-from ettcli.errors import EttError, EttWarning
+from ettcli.errors import EttError
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -130,45 +128,44 @@ def run(
 
     common = {"alphas": alphas, "bn_batches": bn_batches, "bn_reset": bn_reset, "bn_data": bn_data}
     common["train_images"] = train_images
-    with _ett_warnings():
-        if pair is not None:
-            if ticket is not None:
-                raise EttError(f"give a ticket to train ({ticket}) or --pair with two trained tickets, not both")
-            given = [name for name in _TRAIN_ONLY if values[name] not in (None, False)]
-            if seeds != "0,1":
-                given.append("seeds")
-            if given:
-                flag = "--" + given[0].rstrip("_").replace("_", "-")
-                raise EttError(f"{flag} trains the copies, but --pair takes two trained tickets; drop {flag}")
-            from ettcli.lmc import lmc_pair
+    if pair is not None:
+        if ticket is not None:
+            raise EttError(f"give a ticket to train ({ticket}) or --pair with two trained tickets, not both")
+        given = [name for name in _TRAIN_ONLY if values[name] not in (None, False)]
+        if seeds != "0,1":
+            given.append("seeds")
+        if given:
+            flag = "--" + given[0].rstrip("_").replace("_", "-")
+            raise EttError(f"{flag} trains the copies, but --pair takes two trained tickets; drop {flag}")
+        from ettcli.lmc import lmc_pair
 
-            record = lmc_pair(pair[0], pair[1], settings, out=out, on_alpha=on_alpha, **common)
-        else:
-            if ticket is None:
-                raise EttError("give the ticket to train (ett lmc TICKET) or two trained tickets (--pair A B)")
-            from ettcli.lmc import run_lmc
-            from ettcli.train import Interrupted
+        record = lmc_pair(pair[0], pair[1], settings, out=out, on_alpha=on_alpha, **common)
+    else:
+        if ticket is None:
+            raise EttError("give the ticket to train (ett lmc TICKET) or two trained tickets (--pair A B)")
+        from ettcli.lmc import run_lmc
+        from ettcli.train import Interrupted
 
-            parsed = _parse_seeds(seeds)
+        parsed = _parse_seeds(seeds)
 
-            try:
-                record = run_lmc(
-                    ticket,
-                    settings,
-                    seeds=parsed,
-                    out=out,
-                    hooks_for=lambda seed: _train_hooks(seed, say, first=seed == parsed[0]),
-                    on_alpha=on_alpha,
-                    metadata={"ett.command": command_line()},
-                    **common,
-                )
-            except Interrupted as exc:
-                name = signal.Signals(exc.signum).name if exc.signum else "a stop request"
-                typer.echo(
-                    f"ett: interrupted by {name} at step {exc.step} of {exc.folder}; rerun the same command to resume",
-                    err=True,
-                )
-                raise typer.Exit(128 + (exc.signum or signal.SIGINT)) from None
+        try:
+            record = run_lmc(
+                ticket,
+                settings,
+                seeds=parsed,
+                out=out,
+                hooks_for=lambda seed: _train_hooks(seed, say, first=seed == parsed[0]),
+                on_alpha=on_alpha,
+                metadata={"ett.command": command_line()},
+                **common,
+            )
+        except Interrupted as exc:
+            name = signal.Signals(exc.signum).name if exc.signum else "a stop request"
+            typer.echo(
+                f"ett: interrupted by {name} at step {exc.step} of {exc.folder}; rerun the same command to resume",
+                err=True,
+            )
+            raise typer.Exit(128 + (exc.signum or signal.SIGINT)) from None
     if as_json:
         typer.echo(json.dumps(record))
         return
@@ -197,24 +194,6 @@ def _train_hooks(seed: int, say, first: bool):
             f"test acc {100 * row['test_accuracy']:.2f}%"
         ),
     )
-
-
-@contextlib.contextmanager
-def _ett_warnings():
-    """Print each EttWarning as one ``ett: warning:`` line on stderr; other warnings keep Python's format."""
-    previous = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, EttWarning):
-            typer.echo(f"ett: warning: {message}", err=True)
-        else:
-            previous(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = previous
 
 
 def sparkline(values: list[float]) -> str:
