@@ -30,6 +30,8 @@ What is measured at every alpha of a uniform grid on [0, 1], endpoints included:
   the test set at every alpha; on 10,000 images the standard error of an accuracy is at most 0.5 percentage
   points, small against the barriers being measured. ``train_images=0`` skips it; a number at least the
   training set's size takes all of it.
+* With a training ``subset`` in the settings (``ett lmc --subset``, a study's ``train.subset``), the BatchNorm
+  batches and the train evaluation come from that subset only: the images the two copies were trained on.
 """
 
 from __future__ import annotations
@@ -486,6 +488,7 @@ class _Context:
     root: Path
     n_train: int
     feeder: object
+    subset: int | None = None
 
     @staticmethod
     def make(
@@ -527,14 +530,19 @@ class _Context:
         torch.set_num_threads(settings.threads or default_threads())
         root = Path(settings.data_root).expanduser() if settings.data_root else default_data_root()
         data = load_memory_dataset(ds, root, download=settings.download)
+        if settings.subset is not None:  # the images the copies trained on: their train error and statistics
+            from ettcli.train import _subset
+
+            data = _subset(data, ds, settings.subset)
         n_train = len(data.train_y)
         if bn_reset:
             bn_indices(n_train, bn_batches, batch)  # enough images for the batches, before any training
         feeder = MemoryFeeder(data, ds, batch, torch.device(device), seed=BN_SEED)
         kept = min(train_images, n_train)
         return _Context(
-            ds, alphas, bn_batches, bn_reset, bn_data, batch, kept, device, precision, root, n_train, feeder
-        )
+            ds, alphas, bn_batches, bn_reset, bn_data, batch, kept, device, precision, root, n_train, feeder,
+            settings.subset,
+        )  # fmt: skip
 
     def measure_args(self) -> dict:
         return {
@@ -558,6 +566,7 @@ class _Context:
             "train_images": self.train_images,
             "device": self.device,
             "precision": self.precision,
+            **({"subset": self.subset} if self.subset is not None else {}),
         }
 
     def settings_record(self) -> dict:

@@ -321,6 +321,23 @@ def test_two_copies_of_one_network_have_instability_zero(env, measured, tmp_path
 
 @needs_cifar
 @pytest.mark.data
+def test_a_training_subset_is_where_the_train_error_and_the_statistics_come_from(env, measured, tmp_path):
+    from ettcli.lmc import bn_indices, train_subset
+
+    final = measured["reset"]["tickets"][0]
+    out = tmp_path / "subset"
+    options = ["--device", "cpu", "--batch-size", "50", "--bn-batches", "2", "--alphas", "2", "--subset", "110"]
+    _invoke("lmc", "--pair", final, final, "--data-root", env["root"], *options, "--out", out, "-q")
+    rec = json.loads((out / "lmc.json").read_text())
+    # the copies trained on 110 images: the train evaluation takes all of them and no other
+    assert rec["settings"]["subset"] == 110 and rec["settings"]["train_set_size"] == 110
+    assert rec["train"]["images"] == 110 == len(train_subset(110, 10_000))
+    assert int(bn_indices(110, 2, 50).max()) < 110
+    assert "subset" not in measured["reset"]["settings"]  # runs without a subset keep their identity
+
+
+@needs_cifar
+@pytest.mark.data
 def test_an_output_folder_of_another_measurement_is_refused(env, measured, cli):
     out = measured["reset"]["out"]
     r = cli("lmc", env["ticket"], "--data-root", env["root"], *ARGS[:-1], "60", "--out", out)

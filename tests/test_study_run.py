@@ -206,6 +206,68 @@ def test_plot_writes_a_figure(two_seeds, cli, tmp_path):
     assert b"ETT" in (tmp_path / "fig.svg").read_bytes()
 
 
+LMC_SECTION = """
+[lmc]
+methods = {methods}
+levels = [2]
+alphas = 3
+bn_batches = 2
+train_images = 100
+"""
+
+
+@pytest.fixture(scope="module")
+def with_lmc(two_seeds):
+    """An [lmc] section added to the finished two-seed study, then run again."""
+    from typer.testing import CliRunner
+
+    from ettcli.cli import app
+
+    path = two_seeds["path"]
+    old = set(plan_jobs(load_study(path)))
+    methods = '["ett", "magnitude"]' if HAVE_METHODS else '["ett"]'
+    path.write_text(path.read_text() + LMC_SECTION.format(methods=methods))
+    t0 = time.time()
+    r = CliRunner().invoke(app, ["study", "run", str(path), "--jobs", "2"])
+    assert r.exit_code == 0, (r.stdout, r.stderr, r.exception)
+    return {**two_seeds, "old_plan": old, "t_lmc": t0}
+
+
+def test_an_lmc_section_adds_only_lmc_jobs_and_the_report_its_instability(with_lmc, cli):
+    from ettcli.lmc import instability
+
+    out, path = with_lmc["out"], with_lmc["path"]
+    jobs = plan_jobs(load_study(path))
+    new = set(jobs) - with_lmc["old_plan"]
+    assert new and {jobs[k].kind for k in new} == {"lmc"}
+    assert with_lmc["old_plan"] <= set(jobs)  # every earlier job keeps its key
+    seen = attempts(out)
+    assert {k for k, ev in seen.items() if starts(ev, with_lmc["t_lmc"])} == new  # nothing else trained again
+    rows = [json.loads(x) for x in (out / "lmc.jsonl").read_text().splitlines()]
+    assert {r["job"] for r in rows} == new
+    assert {r["method"] for r in rows} == ({"ett", "magnitude"} if HAVE_METHODS else {"ett"})
+    results = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert not {r["job"] for r in results} & new  # the trainings' table is unchanged
+    for row in rows:
+        job = jobs[row["job"]]
+        record = json.loads((out / row["lmc"]).read_text())
+        # the path joins this ticket's own trainings with seeds 0 and 1
+        pair = [jobs[d] for d in job.deps]
+        assert [p.row["seed"] for p in pair] == [0, 1] and {p.spec["ticket"] for p in pair} == {pair[0].spec["ticket"]}
+        assert [Path(t).resolve() for t in record["tickets"]] == [
+            (out / p.folder() / "run" / "final.safetensors").resolve() for p in pair
+        ]
+        assert record["settings"]["train_images"] == 100 and len(record["alphas"]) == 3
+        assert row["instability"] == pytest.approx(instability(record["test"]["error"]))
+    r = cli("study", "report", out)
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    at = lines.index("### Instability (linear mode connectivity), percentage points")
+    ett = next(x for x in lines[at:] if x.startswith("| ETT <- 14 |"))
+    value = next(x["instability"] for x in rows if x["method"] == "ett")
+    assert ett.split("|")[2].strip() == "-" and ett.split("|")[3].strip() == f"{value:.2f} (1)"
+
+
 def test_a_failing_job_is_reported_others_finish_and_emit_then_lists_it(env, cli):
     path = env["base"] / "fail.toml"
     path.write_text(study_text(env["root"], methods="[]", levels=(1,)))

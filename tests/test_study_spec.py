@@ -35,6 +35,9 @@ stretch = ["append"]
 """
 
 
+TWO = BASE.replace("seeds = [0]", "seeds = [0, 1]")
+
+
 def write(tmp_path, text: str, name: str = "study.toml"):
     path = tmp_path / name
     path.write_text(text)
@@ -94,6 +97,16 @@ BAD = [
     (BASE + '[slurm]\ntime = "forever"\n', ["'slurm.time'", "HH:MM:SS"]),
     (BASE + '[slurm]\nmem = "lots"\n', ["'slurm.mem'", "32G"]),
     (BASE + "name = [\n", ["not valid TOML"]),
+    (BASE + "[lmc]\n", ["'lmc'", "has one; add a seed"]),
+    (TWO + '[lmc]\nmethods = ["imp"]\n', ["'lmc.methods[0]'", "one of ett", "imp.targets = true"]),
+    (TWO + '[lmc]\nmethods = ["snip"]\n', ["'lmc.methods[0]'", "one of ett"]),
+    (TWO + "[lmc]\nmethods = []\n", ["'lmc.methods'", "non-empty list"]),
+    (TWO + "[lmc]\nlevels = [3]\n", ["'lmc.levels[0]'", "transferred levels 1, 2"]),
+    (TWO + "[lmc]\nseeds = [0, 5]\n", ["'lmc.seeds[1]'", "study's seeds 0, 1"]),
+    (TWO + "[lmc]\nseeds = [0]\n", ["'lmc.seeds'", "two distinct seeds"]),
+    (TWO + "[lmc]\nalphas = 1\n", ["'lmc.alphas'", "2 or more"]),
+    (TWO + '[lmc]\nbn_data = "raw"\n', ["'lmc.bn_data'", "'augmented' or 'plain'"]),
+    (TWO + "[lmc]\nbarrier = 1\n", ["'lmc.barrier'", "unknown key", "methods, levels"]),
 ]
 
 
@@ -146,6 +159,27 @@ def test_adding_a_seed_keeps_every_key_and_adds_only_trainings(tmp_path):
     assert not set(changed) & set(before)  # every training changes, and so does every ticket made from them
 
 
+def test_an_lmc_section_adds_one_job_per_chosen_ticket_on_its_two_trainings(tmp_path):
+    text = TWO.replace("levels = 2\n", "levels = 2\ntargets = true\n")
+    before = plan_jobs(load_study(write(tmp_path, text, "a.toml")))
+    study = load_study(write(tmp_path, text + '[lmc]\nmethods = ["imp", "ett"]\nlevels = [2]\n', "b.toml"))
+    after = plan_jobs(study)
+    assert set(before) < set(after)
+    lmc = [after[k] for k in set(after) - set(before)]
+    assert {j.kind for j in lmc} == {"lmc"}
+    assert sorted(j.row["method"] for j in lmc) == ["ett", "imp"] and {j.row["level"] for j in lmc} == {2}
+    imp = next(j for j in lmc if j.row["method"] == "imp")
+    first, second = (after[d] for d in imp.deps)
+    # IMP's own level-2 training is the seed-0 copy; the seed-1 copy is the ticket's extra training
+    assert (
+        first.kind == "imp" and first.spec["level"] == 2 and imp.spec["a_path"].endswith("level_02/final.safetensors")
+    )
+    assert second.kind == "train" and second.row["seed"] == 1 and second.spec["ticket"] == first.key
+    ett = next(j for j in lmc if j.row["method"] == "ett")
+    assert [after[d].row["seed"] for d in ett.deps] == [0, 1]
+    assert len({after[d].spec["ticket"] for d in ett.deps}) == 1
+
+
 def test_init_writes_an_example_that_plans(cli, tmp_path):
     out = tmp_path / "mine.toml"
     r = cli("study", "init", "--example", "cifar10-resnet", "-o", out)
@@ -192,3 +226,4 @@ def test_wall_time_estimate_follows_the_graph(tmp_path):
     longest_after = max(j.cost["images"] + j.cost["eval_images"] / 3 for j in jobs.values() if j.kind == "train")
     assert many["wall_hours"] == pytest.approx(chain + longest_after / 50 / 3600)  # the IMP chain, then one training
     assert one["total"]["flops"] == many["total"]["flops"] > 0
+

@@ -33,10 +33,12 @@ LMC_HELP = (
     "(1 - alpha) * A + alpha * B (masked weights 0) get their BatchNorm statistics re-estimated on --bn-batches "
     "training batches, augmented as in training unless --bn-data plain (the same images, crops and flips at every "
     "alpha; --no-bn-reset keeps the interpolated statistics), then the test set and --train-images un-augmented "
-    "training images are evaluated. Instability: the largest "
+    "training images are evaluated; with --subset N, the training images are the N the copies trained on. "
+    "Instability: the largest "
     "error along the path minus the mean of the endpoints' errors, in percentage points. Writes lmc.json to "
     "--out (default $ETT_RUNS/lmc-<ticket>-<identity hash>). --pair A B measures two tickets trained elsewhere "
-    "(same architecture and masks); the training options are then refused."
+    "(same architecture and masks); the training options are then refused (--subset, which says which images "
+    "they trained on, is kept)."
 )
 
 _TRAIN_ONLY = ("epochs", "lr", "milestones", "weight_decay", "warmup", "compile_")
@@ -110,6 +112,7 @@ def run(
     precision: opt.Precision = "auto",
     compile_: opt.Compile = False,
     threads: opt.Threads = None,
+    subset: opt.Subset = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for lmc.json (default under $ETT_RUNS).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print lmc.json on stdout, nothing else.")] = False,

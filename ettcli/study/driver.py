@@ -6,6 +6,7 @@
     jobs/<key>/       one folder per job (job.json, lock, attempts.jsonl, log.txt, result.json, run/, ...)
     imp/<id>/         IMP folders (level_NN/ with ticket.safetensors and the level's run)
     results.jsonl     one row per trained ticket, rewritten from the finished jobs' results
+    lmc.jsonl         one row per LMC measurement (studies with an [lmc] section)
     study.log         one line per job that finished or failed
 
 A job whose ``result.json`` exists is done and never runs again; a job whose lock a live process holds
@@ -29,6 +30,7 @@ from ettcli.study.runner import JOB, LOCK, RESULT, job_folder, read_result, run_
 from ettcli.study.spec import Study
 
 RESULTS = "results.jsonl"
+LMC_RESULTS = "lmc.jsonl"
 STUDY_LOG = "study.log"
 STUDY_COPY = "study.toml"
 
@@ -111,18 +113,23 @@ def ready_jobs(root: Path, jobs: dict[str, Job]) -> list[Job]:
 
 
 def write_results(root: Path, jobs: dict[str, Job]) -> tuple[Path, int]:
-    """Rewrite ``results.jsonl`` from the results of every finished job of the plan, in plan order."""
+    """Rewrite ``results.jsonl`` (the trainings' rows) and ``lmc.jsonl`` (the LMC jobs' rows, when the study has
+    any) from the results of every finished job of the plan, in plan order."""
     from ettcli.stfile import atomic_path
 
-    lines = []
-    for key in jobs:
+    lines: dict[str, list[str]] = {RESULTS: [], LMC_RESULTS: []}
+    for key, job in jobs.items():
         res = read_result(root, key)
         if res:
-            lines += [json.dumps(r, sort_keys=True) for r in res.get("rows", [])]
-    path = root / RESULTS
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(x + "\n" for x in lines))
-    return path, len(lines)
+            lines[LMC_RESULTS if job.kind == "lmc" else RESULTS] += [
+                json.dumps(r, sort_keys=True) for r in res.get("rows", [])
+            ]
+    for name, rows in lines.items():
+        if name == LMC_RESULTS and not any(j.kind == "lmc" for j in jobs.values()):
+            continue
+        with atomic_path(root / name) as tmp:
+            tmp.write_text("".join(x + "\n" for x in rows))
+    return root / RESULTS, len(lines[RESULTS])
 
 
 def make_executor(study: Study, root: Path, kind: str | None = None, jobs: int | None = None, jobs_per_gpu=None):

@@ -11,6 +11,8 @@ Kinds, and what each one's output is:
   to the target's IMP ticket. Output: ``jobs/<key>/ticket.safetensors``.
 * ``train``: one ticket trained from its rewind step with one seed. ``dense``: a target trained dense from
   its initialisation with one seed (the reference accuracy).
+* ``lmc``: the linear path between the trainings of one ticket with the two ``[lmc]`` seeds
+  (:func:`ettcli.lmc.lmc_pair`); it trains nothing. Output: ``jobs/<key>/lmc/lmc.json``.
 
 A job's *identity* is a JSON dict of its settings and its inputs, inputs named by their own job keys, so the
 key (``kind-readable-hash``, :func:`ettcli.runs.identity_hash`) covers everything upstream: editing the study
@@ -23,11 +25,11 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-from ettcli.runs import identity_hash
+from ettcli.runs import FINAL, identity_hash
 from ettcli.study.spec import Study
 
 LIGHT = frozenset({"transfer"})  # cheap, torch-free jobs that the driver runs itself
-KINDS = ("imp", "rewind", "transfer", "prune", "train", "dense")
+KINDS = ("imp", "rewind", "transfer", "prune", "train", "dense", "lmc")
 JOBS_DIR = "jobs"
 IMP_DIR = "imp"
 TICKET = "ticket.safetensors"
@@ -57,7 +59,7 @@ class Job:
         if self.kind == "imp":
             return f"{self.spec['folder']}/level_{self.spec['level']:02d}/{TICKET}"
         if self.kind == "rewind":
-            return f"{self.folder()}/run/final.safetensors"
+            return f"{self.folder()}/run/{FINAL}"
         return f"{self.folder()}/{TICKET}"
 
 
@@ -98,7 +100,8 @@ def _schedule(study: Study) -> dict:
     full, rest = divmod(n, batch)
     per_epoch = full + (1 if rest else 0)
     epochs = study.train.get("epochs") or recipe.epochs
-    return {"per_epoch": per_epoch, "total": epochs * per_epoch, "batch": batch, "test": ds.test_size, "epochs": epochs}
+    return {"per_epoch": per_epoch, "total": epochs * per_epoch, "batch": batch, "test": ds.test_size, "epochs": epochs,
+            "train": n}  # fmt: skip
 
 
 def _rewind_of(study: Study, spec, rewind: str | None) -> str:
@@ -198,18 +201,46 @@ def plan_jobs(study: Study) -> dict[str, Job]:
                     cost=cost(tgt, 0, 1.0),
                 )
 
+    lmc = study.lmc
+
     def train(ticket_job: Job, ticket_path: str, row: dict, arch, level: int, start: int) -> None:
+        readable = f"{row['target']}-{row['method']}-{row.get('source') or ''}-{row.get('variant') or ''}-L{level:02d}"
+        trained: dict[int, tuple[Job, str]] = {}  # seed -> (the job that trains it, its final weights)
         for seed in study.seeds:
             if ticket_job.kind == "imp" and seed == study.imp.seed:
-                continue  # IMP's own training of this level is the run with its seed
-            g.add(
+                # IMP's own training of this level is the run with its seed
+                trained[seed] = (ticket_job, f"{ticket_job.spec['folder']}/level_{level:02d}/{FINAL}")
+                continue
+            j = g.add(
                 "train",
-                f"{row['target']}-{row['method']}-{row.get('source') or ''}-{row.get('variant') or ''}-L{level:02d}-s{seed}",
+                f"{readable}-s{seed}",
                 {"ticket": ticket_job.key, "ticket_path": ticket_path, "settings": settings(seed)},
                 deps=[ticket_job.key],
                 row={**row, "level": level, "seed": seed},
                 cost=cost(arch, start, keep**level),
             )
+            trained[seed] = (j, f"{j.folder()}/run/{FINAL}")
+        if lmc is None or row["method"] not in lmc.methods or level not in lmc.levels:
+            return
+        (ja, pa), (jb, pb) = (trained[s] for s in lmc.seeds)
+        images = lmc.alphas * ((lmc.bn_batches * sched["batch"] if lmc.bn_reset else 0) + sched["test"]
+                               + min(lmc.train_images, sched["train"]))  # fmt: skip
+        g.add(
+            "lmc",
+            f"{readable}-s{lmc.seeds[0]}-s{lmc.seeds[1]}",
+            {
+                "a": ja.key,
+                "a_path": pa,
+                "b": jb.key,
+                "b_path": pb,
+                "seeds": list(lmc.seeds),
+                "settings": _training(study),
+                **{k: v for k, v in asdict(lmc).items() if k not in ("methods", "levels", "seeds")},
+            },
+            deps=[ja.key, jb.key],
+            row={**row, "level": level},
+            cost={**cost(arch, total, keep**level), "eval_images": images},
+        )
 
     for tgt in study.targets:
         t = tgt.name
@@ -279,5 +310,8 @@ def describe(job: Job) -> str:
         return f"rewind point of {r['target']}"
     if job.kind == "dense":
         return f"dense {r['target']} seed {r['seed']}"
+    if job.kind == "lmc":
+        src = f" <- {r['source']}" if r.get("source") else ""
+        return f"LMC {r['method']}{src} on {r['target']} level {r['level']} (seeds {s['seeds'][0]}, {s['seeds'][1]})"
     src = f" <- {r['source']}" if r.get("source") else ""
     return f"train {r['method']}{src} on {r['target']} level {r['level']} seed {r['seed']}"

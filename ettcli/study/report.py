@@ -5,6 +5,7 @@ Per target network (a network with any row besides its own IMP levels):
 * accuracy (final test accuracy, %, mean +- sample standard deviation over the rows, with their count) per
   method and IMP level, as in Table 1;
 * the drop against the dense network's mean accuracy, in percentage points, as in Table 3;
+* with an ``[lmc]`` section, the instability of the chosen tickets (``lmc.jsonl``), method by level;
 
 and one cost table, as in Table 2: the training FLOPs of IMP on each source up to the highest transferred
 level, of training one transferred ticket on each target at that level, and of IMP on each target, each also
@@ -26,6 +27,7 @@ from pathlib import Path
 from ettcli.errors import EttError
 
 REPORT = "report.md"
+LMC = "lmc.jsonl"
 METRIC = "final_test_accuracy"
 ORDER = {"dense": 0, "imp": 1, "ett": 2}
 
@@ -146,8 +148,57 @@ def _sparsity(rows_by_level: dict[int, list[dict]], level: int) -> str:
     return f"{100 * sum(vals) / len(vals):.2f}%" if vals else "-"
 
 
-def render(rows: list[dict], title: str = "study") -> str:
-    """The whole report as Markdown."""
+def read_lmc(folder: str | Path) -> list[dict]:
+    """The rows of ``lmc.jsonl`` (none when the study has no ``[lmc]`` section or no measurement finished)."""
+    path = Path(folder) / LMC
+    if not path.is_file():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                raise EttError(f"{path}: line {i} is not JSON; rerun 'ett study run' to rewrite the file") from None
+    return out
+
+
+def pp_text(values: list[float]) -> str:
+    """Percentage points, mean +- sample standard deviation (count)."""
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    return f"{mean:.2f} ± {std:.2f} ({len(values)})" if std is not None else f"{mean:.2f} ({len(values)})"
+
+
+def lmc_lines(lmc: list[dict], target: str, d: dict, head: list[str]) -> list[str]:
+    """Instability per method and level for one target (Frankle et al.; the paper's Fig. 8 measure)."""
+    mine = [r for r in lmc if r["target"] == target]
+    if not mine:
+        return []
+    variants = {r.get("variant") for r in mine if r["method"] == "ett"}
+    cells: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in mine:
+        cells[label(r, variants)][r["level"]].append(r["instability"])
+    names = [n for n in d["order"] if n in cells] + [n for n in cells if n not in d["order"]]
+    reset = {r.get("bn_reset", True) for r in mine}
+    how = (
+        "BatchNorm re-estimated at every point"
+        if reset == {True}
+        else ("BatchNorm statistics interpolated, not re-estimated" if reset == {False} else "mixed BatchNorm settings")
+    )
+    seeds = sorted({tuple(r["seeds"]) for r in mine})
+    lines = ["### Instability (linear mode connectivity), percentage points", "",
+             f"Largest test error on the path between the trainings with seeds {' and '.join(map(str, seeds[0]))} "
+             f"minus the mean of the two ends' errors ({how}); 0 is stable.", ""]  # fmt: skip
+    lines += ["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(pp_text(cells[n].get(lv, [])) for lv in d["levels"]) + " |")
+    return lines + [""]
+
+
+def render(rows: list[dict], title: str = "study", lmc: list[dict] | None = None) -> str:
+    """The whole report as Markdown; ``lmc``: the rows of ``lmc.jsonl``, if any, add an instability table."""
     data = summarize(rows)
     lines = [f"# {title}", "", f"{len(rows)} trained tickets from `results.jsonl`. Cells: final test accuracy, %, "
              "mean ± sample standard deviation over runs (number of runs).", ""]  # fmt: skip
@@ -175,6 +226,7 @@ def render(rows: list[dict], title: str = "study") -> str:
                 f"| {n} | " + " | ".join(drop_text([r[METRIC] for r in d["cells"][n].get(lv, [])], d["dense"]) for lv in levels) + " |"
             )  # fmt: skip
         lines.append("")
+        lines += lmc_lines(lmc or [], t, d, head)
     lines += cost_lines(rows, data)
     return "\n".join(lines) + "\n"
 
@@ -246,7 +298,7 @@ def write_report(folder: str | Path, title: str | None = None) -> tuple[str, Pat
 
     folder = Path(folder)
     rows = read_results(folder)
-    text = render(rows, title or f"Study {folder.name}")
+    text = render(rows, title or f"Study {folder.name}", read_lmc(folder))
     path = folder / REPORT
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -310,7 +310,43 @@ def _dense(root: Path, job: dict, threads):
     return [_row(root, job, folder, ticket)], {"run": _rel(root, folder)}
 
 
-KINDS = {"imp": _imp, "rewind": _rewind, "transfer": _transfer, "prune": _prune, "train": _train, "dense": _dense}
+def _lmc(root: Path, job: dict, threads):
+    from ettcli.lmc import lmc_pair
+
+    s = job["spec"]
+    out = job_folder(root, job["key"]) / "lmc"
+    record = lmc_pair(
+        root / s["a_path"],
+        root / s["b_path"],
+        _settings(job, threads),
+        alphas=s["alphas"],
+        bn_batches=s["bn_batches"],
+        bn_reset=s["bn_reset"],
+        bn_data=s["bn_data"],
+        train_images=s["train_images"],
+        out=out,
+        on_alpha=lambda r: print(f"alpha {r['alpha']:.2f}: test acc {100 * r['test_accuracy']:.2f}%", flush=True),
+    )
+    test, train = record["test"], record["train"]
+    row = {
+        **job["row"],
+        "seeds": s["seeds"],
+        "sparsity": record["sparsity"],
+        "instability": test["instability"],
+        "train_instability": train["instability"] if train else None,
+        "endpoint_test_accuracy": [test["accuracy"][0], test["accuracy"][-1]],
+        "worst_test_accuracy": min(test["accuracy"]),
+        "alphas": len(record["alphas"]),
+        "bn_reset": s["bn_reset"],
+        "seconds": record["seconds"]["evaluation"],
+        "lmc": _rel(root, out / "lmc.json"),
+        "job": job["key"],
+    }
+    return [row], {"lmc": row["lmc"]}
+
+
+KINDS = {"imp": _imp, "rewind": _rewind, "transfer": _transfer, "prune": _prune, "train": _train, "dense": _dense,
+         "lmc": _lmc}  # fmt: skip
 
 
 # --- process entry points -------------------------------------------------------------------------------------

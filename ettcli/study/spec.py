@@ -74,6 +74,16 @@ SCHEMA: dict[str, dict[str, str]] = {
         "samples_per_class": "a positive integer",
         "seed": "an integer (placement of random baselines, reinit's initialisation)",
     },
+    "lmc": {
+        "methods": "a non-empty list of the study's ticket kinds: 'imp', 'ett' or a baseline method",
+        "levels": "a non-empty list of transferred levels (default: all of them)",
+        "seeds": "two distinct seeds from 'seeds' (default: its first two)",
+        "alphas": "an integer, 2 or more (points on the path, endpoints included)",
+        "bn_batches": "a positive integer (training batches that re-estimate BatchNorm at every point)",
+        "bn_reset": "true or false (re-estimate BatchNorm statistics at every point)",
+        "bn_data": "'augmented' or 'plain' (the BatchNorm batches as in training, or un-augmented)",
+        "train_images": "an integer, 0 or more (un-augmented training images evaluated at every point)",
+    },
     "executor": {
         "kind": "'local' or 'slurm'",
         "jobs": "a positive integer (concurrent jobs)",
@@ -141,6 +151,20 @@ class Baselines:
 
 
 @dataclass(frozen=True)
+class LmcSettings:
+    """Linear mode connectivity of chosen tickets: the two copies are the study's own trainings with two seeds."""
+
+    methods: tuple[str, ...] = ("imp", "ett")
+    levels: tuple[int, ...] = ()
+    seeds: tuple[int, int] = (0, 1)
+    alphas: int = 11
+    bn_batches: int = 50
+    bn_reset: bool = True
+    bn_data: str = "augmented"
+    train_images: int = 10_000
+
+
+@dataclass(frozen=True)
 class ExecutorSettings:
     kind: str = "local"
     jobs: int | None = None  # default: one per visible GPU (times jobs_per_gpu), else 1
@@ -166,6 +190,7 @@ class Study:
     dense: bool
     executor: ExecutorSettings
     out: Path
+    lmc: LmcSettings | None = None  # None: no [lmc] section
 
     def max_level(self) -> int:
         return max(self.levels)
@@ -306,6 +331,7 @@ def parse_study(data: dict, path: Path, out: str | os.PathLike | None = None) ->
     transfers = _transfers(c, tr, sources, targets, levels)
     if not any(transfers.values()) and not imp.targets:
         raise c.fail("targets", "no source differs from a target, so nothing is transferred; add targets or sources")
+    lmc = _lmc(c, sections["lmc"], seeds, levels, imp, base, transfers) if "lmc" in sections else None
     executor = _executor(c, sections.get("executor", {}), sections.get("slurm", {}))
     out_dir = Path(out) if out is not None else None
     if out_dir is None:
@@ -327,6 +353,7 @@ def parse_study(data: dict, path: Path, out: str | os.PathLike | None = None) ->
         dense=dense,
         executor=executor,
         out=out_dir,
+        lmc=lmc,
     )
 
 
@@ -588,6 +615,56 @@ def _transfers(c: _Checker, t: dict, sources, targets, levels) -> dict:
                         variants += [Variant(f"{p}+random-copies-{r}", verb, preset=p, random_copies=r) for r in copies]
             out[(src.label, tgt.name)] = tuple(variants)
     return out
+
+
+def _lmc(c: _Checker, t: dict, seeds, levels, imp: ImpSettings, base: Baselines, transfers) -> LmcSettings:
+    s = SCHEMA["lmc"]
+    kinds = ["imp"] if imp.targets else []
+    kinds += ["ett"] if any(transfers.values()) else []
+    kinds += list(base.methods)
+    raw = c.list_("lmc.methods", t.get("methods", [k for k in ("imp", "ett") if k in kinds]), s["methods"], empty=False)
+    methods = []
+    for i, m in enumerate(raw):
+        if m not in kinds:
+            why = {"imp": " ('imp' needs imp.targets = true)", "ett": " (this study transfers nothing)"}.get(m, "")
+            raise c.expect(
+                f"lmc.methods[{i}]", m, f"a kind of ticket this study trains: one of {', '.join(kinds)}{why}"
+            )
+        methods.append(m)
+    if len(set(methods)) != len(methods):
+        raise c.expect("lmc.methods", raw, "distinct methods")
+    chosen = t.get("levels", list(levels))
+    items = c.list_("lmc.levels", chosen, s["levels"], empty=False)
+    lv = []
+    for i, v in enumerate(items):
+        if c.int_(f"lmc.levels[{i}]", v, "an integer, 1 or more", low=1) not in levels:
+            raise c.expect(f"lmc.levels[{i}]", v, f"one of the transferred levels {', '.join(map(str, levels))}")
+        lv.append(v)
+    if "seeds" in t:
+        pair = c.list_("lmc.seeds", t["seeds"], s["seeds"])
+        if len(pair) != 2:
+            raise c.expect("lmc.seeds", pair, s["seeds"])
+        pair = [c.int_(f"lmc.seeds[{i}]", v, "an integer") for i, v in enumerate(pair)]
+        for i, v in enumerate(pair):
+            if v not in seeds:
+                raise c.expect(f"lmc.seeds[{i}]", v, f"one of the study's seeds {', '.join(map(str, seeds))}")
+        if pair[0] == pair[1]:
+            raise c.expect("lmc.seeds", pair, "two distinct seeds")
+    elif len(seeds) < 2:
+        raise c.fail("lmc", "the path joins two copies trained with different seeds, and 'seeds' has one; add a seed")
+    else:
+        pair = list(seeds[:2])
+    bn_data = c.choice("lmc.bn_data", t.get("bn_data", "augmented"), ("augmented", "plain"), s["bn_data"])
+    return LmcSettings(
+        methods=tuple(methods),
+        levels=tuple(sorted(set(lv))),
+        seeds=(pair[0], pair[1]),
+        alphas=c.int_("lmc.alphas", t.get("alphas", 11), s["alphas"], low=2),
+        bn_batches=c.int_("lmc.bn_batches", t.get("bn_batches", 50), s["bn_batches"], low=1),
+        bn_reset=c.bool_("lmc.bn_reset", t.get("bn_reset", True), s["bn_reset"]),
+        bn_data=bn_data,
+        train_images=c.int_("lmc.train_images", t.get("train_images", 10_000), s["train_images"], low=0),
+    )
 
 
 _MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([gGmMtT]?)[bB]?\s*$")
