@@ -171,6 +171,7 @@ def run_study(
     executor = executor or make_executor(study, root)
     on_event = on_event or (lambda e, c: None)
 
+    order = {k: i for i, k in enumerate(jobs)}
     dependents: dict[str, list[str]] = defaultdict(list)
     waiting: dict[str, int] = {}
     done = finished(root, jobs)
@@ -224,7 +225,9 @@ def run_study(
                     elsewhere.discard(key)
                     counts.elsewhere -= 1
                     ready.append(key)
-            # start what is ready: light jobs here, heavy ones while the executor has room
+            # start what is ready, in plan order (IMP chains first, then each ticket's trainings; the order
+            # the wall-time estimate assumes): light jobs here, heavy ones while the executor has room
+            ready.sort(key=order.__getitem__)
             heavy = []
             for key in list(ready):
                 job = jobs[key]
