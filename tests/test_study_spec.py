@@ -267,3 +267,37 @@ def test_the_driver_takes_ready_jobs_in_plan_order_as_the_estimate_assumes(tmp_p
     assert kinds == ["imp", "imp", "dense"], kinds
     order = list(jobs)
     assert ex.submitted == sorted(ex.submitted, key=order.index)
+
+
+def test_the_eta_schedules_the_jobs_left_at_the_measured_speed(tmp_path):
+    from ettcli.study.costs import Eta, estimate
+
+    study = load_study(write(tmp_path, TWO))
+    jobs = plan_jobs(study)
+    out = tmp_path / "out"
+    ips = {"cifar_resnet_14_4": 100.0, "cifar_resnet_20_4": 50.0}
+    eta = Eta(study, out, jobs, slots=1, threads=1)
+    eta.calibrated = ips
+    clock = [0.0]
+    eta._clock = lambda: clock[0]
+    assert eta.seconds() == pytest.approx(estimate(study, out, jobs, set(), ips, slots=1)["wall_hours"] * 3600)
+    first = next(iter(jobs))  # IMP level 1: the first job, on the critical path
+    full = eta.seconds()
+    eta.event("started", first)
+    clock[0] = 30.0
+    assert eta.seconds() == pytest.approx(full - 30)  # the running job counts for what is left of it
+    eta.event("done", first)
+    after = estimate(study, out, jobs, {first}, ips, slots=1)["wall_hours"] * 3600
+    assert eta.seconds() == pytest.approx(after) and after < full - 30
+    # a finished training's measured speed replaces the calibration for its architecture
+    dense = next(k for k, j in jobs.items() if j.kind == "dense" and j.cost["arch"] == "cifar_resnet_20_4")
+    run = out / "jobs" / dense / "run"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text('{"images_per_second": 25.0}')
+    eta.event("done", dense)
+    assert eta.throughput() == {"cifar_resnet_14_4": 100.0, "cifar_resnet_20_4": 25.0}
+    slower = estimate(study, out, jobs, {first, dense}, {**ips, "cifar_resnet_20_4": 25.0}, slots=1)
+    assert eta.seconds() == pytest.approx(slower["wall_hours"] * 3600)
+    eta.calibrated = {}
+    eta.samples.clear()
+    assert eta.seconds() is None  # no speed known for an architecture: no estimate

@@ -179,10 +179,14 @@ def _emit(study, root) -> None:
 
 
 def _run(study, root, jobs, jobs_per_gpu, executor_kind) -> None:
+    from ettcli.study.costs import Eta
     from ettcli.study.driver import make_executor, run_study
+    from ettcli.study.graph import plan_jobs
 
     executor = make_executor(study, root, executor_kind, jobs, jobs_per_gpu)
-    view = _LiveView(sys.stderr.isatty())
+    slots = executor.slots or _slots(study, executor_kind, jobs, jobs_per_gpu)
+    eta = Eta(study, root, plan_jobs(study), slots, executor.threads or 1)
+    view = _LiveView(sys.stderr.isatty(), eta)
     typer.echo(f"study {study.name} in {root}: {executor.describe()}", err=True)
 
     def terminate(signum, frame):
@@ -213,13 +217,15 @@ def _run(study, root, jobs, jobs_per_gpu, executor_kind) -> None:
 class _LiveView:
     """A Rich live panel (done / running / failed / left, ETA) on a terminal; plain lines otherwise."""
 
-    def __init__(self, tty: bool):
+    def __init__(self, tty: bool, eta=None):
         self.tty = tty
         self.live = None
         self.durations: list[float] = []
         self.t0 = time.monotonic()
         self.last = None
         self.recent: list[str] = []
+        self.eta = eta  # a costs.Eta: the time left from the cost model
+        self.eta_at: tuple[float, float | None] | None = None  # (when computed, seconds left then)
 
     def __enter__(self):
         if self.tty:
@@ -235,11 +241,18 @@ class _LiveView:
             self.live.stop()
 
     def _eta(self, counts) -> str:
-        if not self.durations or not counts.running:
-            return "?"
-        avg = sum(self.durations) / len(self.durations)
-        left = counts.left + counts.running
-        secs = avg * left / max(counts.running, 1)
+        now = time.monotonic()
+        secs = None
+        if self.eta is not None:
+            if self.eta_at is None or now - self.eta_at[0] > 5.0:  # the schedule of the jobs left, every 5 s at most
+                self.eta_at = (now, self.eta.seconds())
+            if self.eta_at[1] is not None:
+                secs = max(0.0, self.eta_at[1] - (now - self.eta_at[0]))
+        if secs is None:  # no throughput known for some architecture yet: the mean job so far
+            if not self.durations or not counts.running:
+                return "?"
+            avg = sum(self.durations) / len(self.durations)
+            secs = avg * (counts.left + counts.running) / max(counts.running, 1)
         return time.strftime("%H:%M:%S", time.gmtime(secs)) if secs < 86400 else f"{secs / 86400:.1f} days"
 
     def event(self, event, counts) -> None:
@@ -247,6 +260,10 @@ class _LiveView:
 
         if event.kind == "done" and event.seconds is not None and not event.job.light:
             self.durations.append(event.seconds)
+        if self.eta is not None:
+            self.eta.event(event.kind, event.job.key)
+            if event.kind != "started":
+                self.eta_at = None  # a job ended: estimate again
         line = None
         if event.kind in ("done", "failed", "interrupted", "blocked"):
             took = f" ({event.seconds:.0f} s)" if event.seconds is not None else ""

@@ -152,9 +152,9 @@ def estimate(study: Study, root: Path, jobs: dict[str, Job], done: set[str], ips
     return {"rows": rows, "total": total, "wall_hours": wall, "slots": slots, "throughput": ips}
 
 
-def _wall(jobs: dict[str, Job], secs: dict[str, float], slots: int) -> float:
+def _wall(jobs: dict[str, Job], secs: dict[str, float], slots: int, occupied: dict[str, float] | None = None) -> float:
     """When the last job would end if, as the driver does, every free slot takes the first ready job in plan
-    order (light jobs take no slot and no time)."""
+    order (light jobs take no slot and no time). ``occupied``: jobs already in slots, with their seconds left."""
     import heapq
 
     order = {k: i for i, k in enumerate(jobs)}
@@ -163,16 +163,18 @@ def _wall(jobs: dict[str, Job], secs: dict[str, float], slots: int) -> float:
     for k, j in jobs.items():
         for d in j.deps:
             dependents[d].append(k)
-    ready = [order[k] for k, n in waiting.items() if n == 0]
+    started = occupied or {}
+    ready = [order[k] for k, n in waiting.items() if n == 0 and k not in started]
     heapq.heapify(ready)
     keys = list(jobs)
-    running: list[tuple[float, str]] = []
+    running: list[tuple[float, str]] = [(s, k) for k, s in started.items()]
+    heapq.heapify(running)
     now = 0.0
 
     def finish(key: str) -> None:
         for d in dependents[key]:
             waiting[d] -= 1
-            if waiting[d] == 0:
+            if waiting[d] == 0 and d not in started:
                 heapq.heappush(ready, order[d])
 
     while ready or running:
@@ -186,3 +188,67 @@ def _wall(jobs: dict[str, Job], secs: dict[str, float], slots: int) -> float:
             now, key = heapq.heappop(running)
             finish(key)
     return now
+
+
+class Eta:
+    """The wall-clock time left of a running study, from the cost model rather than from an average of the
+    jobs finished so far (which mixes two-training IMP jobs with instant ones and says little early on).
+
+    Each job's seconds come from :func:`job_seconds` at the throughput of its architecture: the median of this
+    study's finished runs, updated as trainings finish, else an earlier calibration on this host. The jobs left
+    are then scheduled over the slots as the driver takes them (:func:`_wall`), the running ones first for what
+    remains of their estimate. Feed it the driver's events; :meth:`seconds` is ``None`` while some architecture
+    has no throughput known.
+    """
+
+    def __init__(self, study: Study, root: Path, jobs: dict[str, Job], slots: int, threads: int):
+        import time
+
+        self._clock = time.monotonic
+        self.root, self.jobs, self.slots = Path(root), jobs, max(1, slots)
+        archs = sorted({j.cost["arch"] for j in jobs.values() if j.cost})
+        self.calibrated = cached_throughput(study, archs, threads)
+        self.samples: dict[str, list[float]] = defaultdict(list)
+        for key, job in jobs.items():
+            self._sample(key, job)
+        self.over = {k for k in jobs if (job_folder(self.root, k) / "result.json").is_file()}  # done, failed, blocked
+        self.started: dict[str, float] = {}
+
+    def _sample(self, key: str, job: Job) -> None:
+        if job.kind not in ("train", "dense", "rewind"):
+            return
+        try:
+            summary = json.loads((job_folder(self.root, key) / "run" / "summary.json").read_text())
+            self.samples[job.cost["arch"]].append(float(summary["images_per_second"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+
+    def event(self, kind: str, key: str) -> None:
+        """``kind``: the driver's event kind (started, done, failed, interrupted, blocked, busy)."""
+        if kind == "started":
+            self.started[key] = self._clock()
+            return
+        self.started.pop(key, None)
+        if kind in ("done", "failed", "blocked", "interrupted"):
+            self.over.add(key)
+        if kind == "done":
+            self._sample(key, self.jobs[key])
+
+    def throughput(self) -> dict[str, float]:
+        measured = {a: sorted(v)[len(v) // 2] for a, v in self.samples.items() if v}
+        return {**self.calibrated, **measured}
+
+    def seconds(self) -> float | None:
+        ips = self.throughput()
+        secs: dict[str, float] = {}
+        for key, job in self.jobs.items():
+            if key in self.over:
+                secs[key] = 0.0
+                continue
+            s = job_seconds(job, ips.get(job.cost.get("arch"))) if job.cost else 0.0
+            if s is None:
+                return None
+            secs[key] = s
+        now = self._clock()
+        running = {k: max(0.0, secs[k] - (now - t)) for k, t in self.started.items() if k in secs}
+        return _wall(self.jobs, secs, self.slots, running)
