@@ -137,7 +137,7 @@ def drop_text(values: list[float], dense: list[float]) -> str:
 
 
 def flops_text(x: float) -> str:
-    for unit, f in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+    for unit, f in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
         if x >= f:
             return f"{x / f:.3g} {unit}FLOPs"
     return f"{x:.3g} FLOPs"
