@@ -24,9 +24,10 @@ RUN_HELP = (
 
 
 def _example_dir() -> Path:
+    """The shipped studies: ``ettcli/studies`` (a link to the repository's ``studies/``, copied into wheels)."""
     import ettcli
 
-    return Path(ettcli.__file__).resolve().parent.parent / "studies"
+    return Path(ettcli.__file__).parent / "studies"
 
 
 def _examples() -> dict[str, Path]:
