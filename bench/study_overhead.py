@@ -6,8 +6,9 @@ The study is the shipped studies/cifar10-resnet.toml (5 sources, 5 targets, 10 t
 its data root pointed at an empty temporary folder; where ett prune's methods are missing from this build it
 has no baselines (995 jobs), otherwise about 2,000. Nothing trains. Measured, in this order:
 
-1. ``ett study run --dry-run`` in a fresh interpreter, with a cold FLOPs cache (torch is imported to count
-   each architecture once) and a warm one (no torch);
+1. ``ett study run --dry-run`` in a fresh interpreter: with an empty ``$ETT_CACHE`` (the paper's architectures'
+   FLOPs come from the table shipped with ett, so no torch), again (warm), and for the same study at width 8,
+   whose architectures are not in the table (torch is imported to count each one, once);
 2. planning in process: ``load_study`` (every key checked, every transfer plan built) and ``plan_jobs``
    (every job and its identity hash);
 3. writing every ``job.json`` (first run), and checking them again unchanged (every later run);
@@ -16,7 +17,9 @@ has no baselines (995 jobs), otherwise about 2,000. Nothing trains. Measured, in
    the driver's poll collects it: the whole per-job path of a launch without the job's own work (the workers
    themselves are started, one fork each, before the measurement);
 5. a rerun of the finished study: ``run_study`` finds every job done (a stat per job), and rewrites
-   results.jsonl from every result.json.
+   results.jsonl from every result.json;
+6. one ETA of the live view (``costs.Eta.seconds``: the jobs left scheduled over the slots); the view computes
+   it at most every 5 s, so it is not a per-job cost.
 
 Per job = (2 + 3 + 5) / jobs + 4 / launched. Goals: under 20 ms per job, and under 5 s for --dry-run.
 """
@@ -38,17 +41,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def study_file(tmp: Path) -> Path:
+def study_file(tmp: Path, width: int | None = None) -> Path:
     from ettcli.study.spec import _methods
 
     text = (ROOT / "studies" / "cifar10-resnet.toml").read_text()
+    if width:
+        text = re.sub(r'"cifar_resnet_(\d+)"', rf'"cifar_resnet_\1_{width}"', text)
     text = re.sub(r"(?m)^data_root = .*$", f'data_root = "{tmp / "data"}"', text)
     if not _methods():
         text = re.sub(r"(?m)^methods = .*$", "methods = []", text)
         text = text.replace('like = "imp"', 'like = "transfers"')
-    path = tmp / "study.toml"
+    path = tmp / (f"study-{width}.toml" if width else "study.toml")
     path.write_text(text)
-    (tmp / "data").mkdir()
+    (tmp / "data").mkdir(exist_ok=True)
     return path
 
 
@@ -95,6 +100,7 @@ def main() -> None:
         path = study_file(tmp)
         cold = dry_run(path, tmp / "dry", tmp / "cache-cold")
         warm = dry_run(path, tmp / "dry", tmp / "cache-cold")
+        other = dry_run(study_file(tmp, width=8), tmp / "dry8", tmp / "cache-other")
         _, t_torch = timed(lambda: subprocess.run([sys.executable, "-c", "import torch"], check=True))
 
         os.environ["ETT_CACHE"] = str(tmp / "cache-cold")
@@ -128,13 +134,20 @@ def main() -> None:
         outcome, t_rerun = timed(lambda: run_study(study, root, LocalExecutor(root, args.slots, device="cpu")))
         assert outcome.counts.before == n
 
+        from ettcli.study.costs import Eta
+
+        eta = Eta(study, tmp / "fresh", jobs, args.slots, 1)  # a study with nothing done yet
+        eta.calibrated = {j.cost["arch"]: 1000.0 for j in jobs.values() if j.cost}
+        _, t_eta = timed(lambda: [eta.seconds() for _ in range(5)])
+        t_eta /= 5
+
     per_job = (t_load + t_plan + t_write + t_rerun) / n + t_launch
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}"
     )
     print(f"study: {n} jobs ({sum(not j.light for j in jobs.values())} through the executor)")
-    print(f"--dry-run, fresh interpreter: {cold:.2f} s with a cold FLOPs cache, {warm:.2f} s warm "
-          f"(python -c 'import torch' alone: {t_torch:.2f} s)")  # fmt: skip
+    print(f"--dry-run, fresh interpreter: {cold:.2f} s with an empty cache (shipped FLOPs table), {warm:.2f} s warm, "
+          f"{other:.2f} s for width-8 networks counted here (python -c 'import torch' alone: {t_torch:.2f} s)")  # fmt: skip
     print(f"load + check the study file: {1e3 * t_load:.0f} ms ({1e3 * t_load / n:.3f} ms/job)")
     print(f"plan jobs and hash identities: {1e3 * t_plan:.0f} ms ({1e3 * t_plan / n:.3f} ms/job)")
     print(f"write job files: {1e3 * t_write:.0f} ms first ({1e3 * t_write / n:.3f} ms/job), "
@@ -143,7 +156,10 @@ def main() -> None:
     print(
         f"rerun of the finished study (status, results.jsonl): {1e3 * t_rerun:.0f} ms ({1e3 * t_rerun / n:.3f} ms/job)"
     )
-    print(f"driver overhead per job: {1e3 * per_job:.2f} ms (goal < 20 ms); --dry-run {warm:.2f} s warm (goal < 5 s)")
+    print(f"one ETA of the live view (every job left scheduled): {1e3 * t_eta:.1f} ms")
+    print(
+        f"driver overhead per job: {1e3 * per_job:.2f} ms (goal < 20 ms); --dry-run {cold:.2f} s on a new machine (goal < 5 s)"
+    )
 
 
 if __name__ == "__main__":
