@@ -32,10 +32,7 @@ METRIC = "final_test_accuracy"
 ORDER = {"dense": 0, "imp": 1, "ett": 2}
 
 
-def read_results(folder: str | Path) -> list[dict]:
-    path = Path(folder) / "results.jsonl"
-    if not path.is_file():
-        raise EttError(f"{path}: no results yet; run 'ett study run' on the study first")
+def _jsonl(path: Path) -> list[dict]:
     rows = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
@@ -43,6 +40,14 @@ def read_results(folder: str | Path) -> list[dict]:
                 rows.append(json.loads(line))
             except ValueError:
                 raise EttError(f"{path}: line {i} is not JSON; rerun 'ett study run' to rewrite the file") from None
+    return rows
+
+
+def read_results(folder: str | Path) -> list[dict]:
+    path = Path(folder) / "results.jsonl"
+    if not path.is_file():
+        raise EttError(f"{path}: no results yet; run 'ett study run' on the study first")
+    rows = _jsonl(path)
     if not rows:
         raise EttError(f"{path}: no rows yet; run 'ett study run' until some trainings finish")
     return rows
@@ -151,16 +156,7 @@ def _sparsity(rows_by_level: dict[int, list[dict]], level: int) -> str:
 def read_lmc(folder: str | Path) -> list[dict]:
     """The rows of ``lmc.jsonl`` (none when the study has no ``[lmc]`` section or no measurement finished)."""
     path = Path(folder) / LMC
-    if not path.is_file():
-        return []
-    out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                raise EttError(f"{path}: line {i} is not JSON; rerun 'ett study run' to rewrite the file") from None
-    return out
+    return _jsonl(path) if path.is_file() else []
 
 
 def pp_text(values: list[float]) -> str:
