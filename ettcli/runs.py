@@ -18,6 +18,7 @@ Pure Python; torch is imported only to read and write checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 FINAL = "final.safetensors"
 REWIND = "rewind.safetensors"
+LOCK = "lock"  # held by the process training the run (RunFolder.held)
 _RUN_FILES = (CHECKPOINT, METRICS, SUMMARY, FINAL, REWIND)
 
 
@@ -116,6 +118,32 @@ class RunFolder:
         if self.file(CHECKPOINT).is_file():
             return "resume"
         return "fresh"
+
+    @contextlib.contextmanager
+    def held(self):
+        """Hold the folder for this process while it trains: another live process holding it is an EttError.
+
+        The lock (:class:`~ettcli.locks.JobLock`, file ``lock``) names its owner's host and pid; the lock of a
+        process that is gone is taken over.
+        """
+        from ettcli.locks import JobLock
+
+        lock = JobLock(self.file(LOCK))
+        try:
+            took = lock.acquire()
+        except OSError as exc:
+            raise EttError(f"cannot create the run folder {self.path}: {exc.strerror}; choose another") from None
+        if not took:
+            who = lock.owner() or {}
+            raise EttError(
+                f"{self.path}: another process is training this run ({who.get('host', '?')} pid {who.get('pid', '?')}, "
+                f"since {who.get('since', '?')}); wait for it to finish, or train into another folder"
+            )
+        lock.start_heartbeat()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def begin(self, fresh: bool, settings: dict | None = None) -> None:
         """Create the folder and write the config; a fresh start first removes any earlier run's files."""

@@ -16,6 +16,7 @@ to bottom:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -221,6 +222,7 @@ def train_ticket(
     own_group = world > 1 and not torch.distributed.is_initialized()
     if own_group:
         torch.distributed.init_process_group("nccl" if dev == "cuda" else "gloo")
+    stack = contextlib.ExitStack()
     try:
         device = torch.device(dev, local if dev == "cuda" else None)
         base = recipe_for(ds.name)
@@ -274,6 +276,22 @@ def train_ticket(
             torch.distributed.barrier()
         if state == "finished":
             return TrainResult(run.summary(), run.path, True)
+        # one process trains a run folder at a time: rank 0 holds its lock until the end and tells the others
+        refused = None
+        if rank == 0:
+            try:
+                stack.enter_context(run.held())
+                state = "fresh" if force else run.state()  # as it is now that no one else is writing it
+            except EttError as exc:
+                refused = str(exc)
+        if world > 1:
+            box = [refused, state]
+            torch.distributed.broadcast_object_list(box, src=0)
+            refused, state = box
+        if refused:
+            raise EttError(refused)
+        if state == "finished":  # another process finished it while this one waited
+            return TrainResult(run.summary(), run.path, True)
         if rank == 0:
             hooks.info(recipe.describe())
             settings_record = {
@@ -319,6 +337,7 @@ def train_ticket(
             torch.distributed.barrier()  # rank 0's files are complete before anyone returns
         return TrainResult(summary, run.path, False, late)
     finally:
+        stack.close()
         if own_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

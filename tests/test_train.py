@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -142,8 +143,47 @@ def test_hard_kill_after_an_epoch_then_rerun_gives_the_same_weights(env, referen
     p = subprocess.run(argv, env=child_env, capture_output=True, text=True)
     assert p.returncode == 137, p.stderr
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 1 finished and checkpointed
+    assert (out / "lock").exists()  # the killed process's lock is left behind: stale, and taken over
     r = cli(*[str(a if a != ref else out) for a in args])
     assert r.exit_code == 0, r.stderr
+    assert not (out / "lock").exists()
+    a, b = _weights(ref / "final.safetensors"), _weights(out / "final.safetensors")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_another_live_process_is_training_is_refused_and_left_alone(env, reference, cli):
+    ref, args = reference
+    out = env["base"] / "busy"
+    code = (
+        "import pathlib, sys, time\n"
+        "from ettcli.train import Hooks, TrainSettings, train_ticket\n"
+        "out = pathlib.Path(sys.argv[3])\n"
+        "def wait(step):\n"
+        "    if step == 3:\n"
+        "        (out.parent / 'busy.at3').write_text('')\n"
+        "        while not (out.parent / 'busy.go').exists():\n"
+        "            time.sleep(0.05)\n"
+        "train_ticket(sys.argv[1], TrainSettings(data_root=sys.argv[2], epochs=2, batch_size=50),\n"
+        "             folder=out, hooks=Hooks(step=wait))\n"
+    )
+    child_env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-c", code, str(env["ticket"]), str(env["root"]), str(out)]
+    child = subprocess.Popen(argv, env=child_env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.parent / "busy.at3").exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (out.parent / "busy.at3").exists(), child.stderr.read() if child.poll() is not None else "timeout"
+        before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+        r = cli(*[str(a if a != ref else out) for a in args])
+        assert_user_error(r, f"{out}: another process is training this run", f"pid {child.pid}", "another folder")
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing touched
+    finally:
+        (out.parent / "busy.go").write_text("")
+        assert child.wait(timeout=120) == 0, child.stderr.read()
+    assert not (out / "lock").exists()  # given back at the end
+    r = cli(*[str(a if a != ref else out) for a in args])
+    assert r.exit_code == 0 and "already finished" in r.stdout, r.stderr
     a, b = _weights(ref / "final.safetensors"), _weights(out / "final.safetensors")
     assert all(np.array_equal(a[k], b[k]) for k in a)
 

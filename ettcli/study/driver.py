@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ettcli.errors import EttError
+from ettcli.locks import JobLock
 from ettcli.study.graph import Job, describe, plan_jobs
-from ettcli.study.locks import JobLock
 from ettcli.study.runner import JOB, LOCK, RESULT, job_folder, read_result, run_job
 from ettcli.study.spec import Study
 

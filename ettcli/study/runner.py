@@ -23,14 +23,14 @@ import traceback
 from pathlib import Path
 
 from ettcli.errors import EttError
+from ettcli.locks import JobLock
 from ettcli.study.graph import JOBS_DIR
-from ettcli.study.locks import JobLock
 
 JOB = "job.json"
 RESULT = "result.json"
 ATTEMPTS = "attempts.jsonl"
 LOG = "log.txt"
-LOCK = "lock"
+LOCK = "lock"  # the job's lock (its training, if any, holds its own in run/)
 
 
 def job_folder(root: Path, key: str) -> Path:

@@ -1,4 +1,5 @@
-"""Job locks: a file that says which process on which host runs a job, so a job never runs twice at once.
+"""Locks: a file that says which process on which host runs a job (a study job, a training run), so a job
+never runs twice at once.
 
 The lock is created atomically (written to a private file, then hard-linked to the lock's name, which fails
 if the name exists; this works on NFS too) and holds the owner's host, pid, process start time and a random

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from ettcli.study.locks import JobLock
+from ettcli.locks import JobLock
 
 
 def test_one_owner_at_a_time(tmp_path):
@@ -25,7 +25,7 @@ def test_one_owner_at_a_time(tmp_path):
 
 
 def test_a_dead_owner_leaves_a_stale_lock_that_is_taken_over(tmp_path):
-    code = "import sys; from ettcli.study.locks import JobLock; assert JobLock(sys.argv[1]).acquire()"
+    code = "import sys; from ettcli.locks import JobLock; assert JobLock(sys.argv[1]).acquire()"
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "lock")], check=True)  # exits holding the lock
     lock = JobLock(tmp_path / "lock")
     dead = lock.owner()["pid"]
