@@ -41,6 +41,7 @@ def plot_study(folder: str | Path, out: str | Path | None = None) -> Path:
     colours: dict[str, str] = {"IMP": "black"}
     handles: dict[str, object] = {}
     for ax, (target, d) in zip(axes, data.items()):
+        remaining_seen: set[float] = set()
         for name in d["order"]:
             kind = d["kinds"][name]
             pts = []
@@ -52,6 +53,8 @@ def plot_study(folder: str | Path, out: str | Path | None = None) -> Path:
                 continue
             colour = colours.setdefault(name, palette[(len(colours) - 1) % len(palette)])
             xs, ys, ss = zip(*sorted(pts, reverse=True))
+            if kind == "imp" or not any(k == "imp" for k in d["kinds"].values()):
+                remaining_seen.update(xs)  # IMP's levels mark the axis where there is an IMP curve
             style = "--" if kind == "baseline" else "-"
             (line,) = ax.plot(xs, ys, style, color=colour, marker="o", markersize=3, linewidth=1.5, label=name)
             ax.fill_between(
@@ -67,6 +70,7 @@ def plot_study(folder: str | Path, out: str | Path | None = None) -> Path:
             dense = 100 * sum(d["dense"]) / len(d["dense"])
             handles.setdefault("Dense", ax.axhline(dense, color="grey", linestyle=":", linewidth=1.2, label="Dense"))
         ax.set_xscale("log")
+        _remaining_ticks(ax, remaining_seen)
         ax.invert_xaxis()
         ax.set_title(target)
         ax.set_xlabel("weights remaining (%)")
@@ -79,3 +83,18 @@ def plot_study(folder: str | Path, out: str | Path | None = None) -> Path:
     )
     fig.savefig(out, dpi=110)
     return out
+
+
+def _remaining_ticks(ax, values: set[float], most: int = 8) -> None:
+    """Ticks at the percentages the runs reached (100, 51.2, 26.2, ... for IMP's levels), as plain numbers,
+    at most ``most`` of them."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ticks: list[float] = []
+    for v in sorted(values, reverse=True):  # one tick per cluster: transfers land near IMP's sparsity
+        if not ticks or ticks[-1] / v > 1.08:
+            ticks.append(v)
+    step = -(-len(ticks) // most)
+    ax.xaxis.set_major_locator(FixedLocator(ticks[::step]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
