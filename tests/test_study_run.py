@@ -268,6 +268,23 @@ def test_an_lmc_section_adds_only_lmc_jobs_and_the_report_its_instability(with_l
     assert ett.split("|")[2].strip() == "-" and ett.split("|")[3].strip() == f"{value:.2f} (1)"
 
 
+def test_a_damaged_or_missing_result_runs_its_job_again_and_no_row_is_lost(with_lmc, cli):
+    out, path = with_lmc["out"], with_lmc["path"]
+    jobs = plan_jobs(load_study(path))
+    rows = sorted((out / "results.jsonl").read_text().splitlines())
+    trains = [k for k, j in jobs.items() if j.kind == "train"]
+    damaged, missing = trains[0], trains[-1]
+    (out / "jobs" / damaged / "result.json").write_text('{"key": ')  # cut short
+    (out / "jobs" / missing / "result.json").unlink()
+    t0 = time.time()
+    r = cli("study", "run", path, "--jobs", "2")
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert f"{len(jobs)} of {len(jobs)} jobs done ({len(jobs) - 2} before this run)" in r.stdout
+    assert {k for k, ev in attempts(out).items() if starts(ev, t0)} == {damaged, missing}
+    assert sorted((out / "results.jsonl").read_text().splitlines()) == rows  # every row back, none twice
+    assert json.loads((out / "jobs" / damaged / "result.json").read_text())["key"] == damaged
+
+
 def test_a_failing_job_is_reported_others_finish_and_emit_then_lists_it(env, cli):
     path = env["base"] / "fail.toml"
     path.write_text(study_text(env["root"], methods="[]", levels=(1,)))

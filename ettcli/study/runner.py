@@ -48,10 +48,19 @@ def read_job(root: Path, key: str) -> dict:
 
 
 def read_result(root: Path, key: str) -> dict | None:
+    """The job's result, or ``None`` when it has none: a missing, unreadable or damaged ``result.json`` (one that
+    is not a result of this job with its rows) means the job is not finished, so it runs again."""
     try:
-        return json.loads((job_folder(root, key) / RESULT).read_text())
-    except (FileNotFoundError, ValueError):
+        res = json.loads((job_folder(root, key) / RESULT).read_text())
+    except (OSError, ValueError):
         return None
+    if not isinstance(res, dict) or res.get("key") != key or not isinstance(res.get("rows"), list):
+        return None
+    return res
+
+
+def is_finished(root: Path, key: str) -> bool:
+    return read_result(root, key) is not None
 
 
 def _note(folder: Path, event: str, **extra) -> None:
@@ -91,13 +100,13 @@ def run_job(root: str | os.PathLike, key: str, *, threads: int | None = None, lo
     root = Path(root)
     folder = job_folder(root, key)
     job = read_job(root, key)
-    if (folder / RESULT).is_file():
+    if is_finished(root, key):
         return "done-before"
     lock = JobLock(folder / LOCK)
     if not lock.acquire():
         return "busy"
     try:
-        if (folder / RESULT).is_file():
+        if is_finished(root, key):
             return "done-before"
         lock.start_heartbeat()
         _note(folder, "start", threads=threads)
