@@ -189,3 +189,29 @@ def test_bad_inputs(env, cli, tmp_path, reference):
         ),
         "snapshot step 9ep",
     )
+
+
+def test_levels_that_would_empty_the_network_are_refused_and_layer_collapse_is_warned(env, cli, tmp_path):
+    root = env["root"]
+    many = tmp_path / "many"
+    r = cli("prune", "imp", "cifar_resnet_8_4", "--levels", "1000", "--data-root", root, *ARGS, "--out", many)
+    assert_user_error(r, "levels 1000: level ", "would keep none of the", "at most ")
+    assert not many.exists()
+
+    # layerwise, each tensor loses ceil(20%) a level: the smallest (a 32-weight shortcut) is empty at level 12
+    out = tmp_path / "deep"
+    args = ["--epochs", "1", "--batch-size", "50", "--rewind", "2it", "--quiet", "--scope", "layerwise"]
+    r = cli("prune", "imp", "cifar_resnet_8_4", "--levels", "12", "--data-root", root, *args, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    said = [line for line in r.stderr.splitlines() if "layer collapse" in line]
+    emptied = []
+    for level in range(1, 13):
+        now, was = (
+            read_ticket(_level(out, level) / "ticket.safetensors"),
+            read_ticket(_level(out, level - 1) / "ticket.safetensors"),
+        )
+        gone = [n for n, m in now.masks.items() if m.kept == 0 and (n not in was.masks or was.masks[n].kept > 0)]
+        if gone:
+            emptied.append(f"ett: warning: layer collapse: IMP level {level} keeps no weight in {', '.join(gone)}; "
+                           "no signal passes through that layer")  # fmt: skip
+    assert said == emptied and emptied and "level 12" in emptied[0]

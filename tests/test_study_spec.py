@@ -130,6 +130,8 @@ def test_missing_study_file_and_bad_options(cli, tmp_path):
     assert_user_error(cli("study", "run", path, "--jobs", "0"), "--jobs 0")
     assert_user_error(cli("study", "run", path, "--executor", "cloud"), "--executor cloud", "local or slurm")
     assert_user_error(cli("study", "run", path, "--dry-run", "--emit"), "--dry-run or --emit")
+    assert_user_error(cli("study", "run", path, "--calibrate"), "--calibrate", "add --dry-run")
+    assert not (tmp_path / "t").exists()  # nothing ran
     data = write(tmp_path, BASE.replace('name = "t"', 'name = "t"\ndata_root = "nowhere"'), "d.toml")
     assert_user_error(cli("study", "run", data), "'data_root'", "does not exist")
 
