@@ -9,7 +9,7 @@ rewind step with a fresh optimizer; the schedule and the data order fast-forward
 Layout of the output folder::
 
     config.json      the IMP run's identity (source content, rate, rewind step, scope, training settings)
-    levels.json      one row per finished level
+    levels.json      one row per finished level (a rerun with fewer levels keeps the later ones)
     level_00/        a run folder (config, metrics, checkpoint, summary, final.safetensors) plus
                      rewind.safetensors (the dense state at the rewind step) and ticket.safetensors
     level_01/ ...    ticket.safetensors (rewind-step weights, unmasked, with the level's masks) and its run
@@ -201,8 +201,25 @@ def imp(
         if on_level:
             on_level(rows[-1])
         previous = folder
-    top.write_json("levels.json", rows)
+    top.write_json(LEVELS, rows + _later_levels(top, levels))
     return rows
+
+
+def _later_levels(top: RunFolder, levels: int) -> list[dict]:
+    """The rows of levels beyond ``levels`` that an earlier, longer run finished and whose folders remain: a
+    rerun with fewer levels keeps them in ``levels.json`` rather than hide them."""
+    try:
+        old = top.read_json(LEVELS)
+    except (OSError, ValueError):
+        return []
+    return [
+        r
+        for r in old
+        if isinstance(r, dict)
+        and isinstance(r.get("level"), int)
+        and r["level"] > levels
+        and (top.path / f"level_{r['level']:02d}" / "summary.json").is_file()
+    ]
 
 
 def _empty_level(sizes: list[int], rate: float, levels: int, scope: str) -> int | None:

@@ -110,6 +110,17 @@ def test_rerun_skips_finished_levels_and_more_levels_add_to_the_run(reference, c
     assert (_level(out, 2) / "final.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_a_rerun_with_fewer_levels_keeps_the_later_levels_in_levels_json(reference, cli):
+    out, args = reference
+    before = json.loads((out / "levels.json").read_text())
+    assert [row["level"] for row in before][:4] == [0, 1, 2, 3]
+    r = cli(*[a if a != "3" else "1" for a in args])
+    assert r.exit_code == 0, r.stderr
+    after = json.loads((out / "levels.json").read_text())
+    assert [row["level"] for row in after] == [row["level"] for row in before]  # levels 2, 3 (...) still listed
+    assert after[2:] == before[2:] and all(_level(out, row["level"]).is_dir() for row in after)
+
+
 def test_kill_in_the_middle_of_a_level_then_rerun_equals_an_uninterrupted_run(env, reference, cli):
     ref, args = reference
     out = env["base"] / "killed"
