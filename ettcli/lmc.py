@@ -478,8 +478,8 @@ def _warn_degenerate_pair(ta, tb) -> None:
 
     names = [str(t.path) if t.path else f"ticket {i}" for i, t in enumerate((ta, tb), 1)]
     if ta.fingerprint() == tb.fingerprint():
-        warn(f"--pair: {names[0]} and {names[1]} hold the same weights, so the path is one point and the instability "
-             "0 by construction; pass the trainings of one ticket with two different seeds")  # fmt: skip
+        warn(f"--pair: {names[0]} and {names[1]} hold the same weights, so every point of the path is one network and "
+             "the instability is 0 by construction; pass the trainings of one ticket with two different seeds")  # fmt: skip
         return
     trained = ["ett.step" in t.metadata for t in (ta, tb)]
     if trained[0] != trained[1]:
