@@ -216,7 +216,10 @@ def test_bad_options_and_missing_data_give_one_line_and_no_output(cli, ticket_fi
         cli("lmc", t, "--bn-data", "test", "--data-root", nowhere), "bn-data 'test'", "augmented or plain"
     )
     assert_user_error(cli("lmc", t, "--data-root", nowhere), "does not exist")
-    assert_user_error(cli("lmc", "--pair", t, t, "--data-root", nowhere), "does not exist")
+    a, b = (tmp_path / f"{x}.safetensors" for x in "ab")
+    for ticket, path in zip(_pair(), (a, b)):  # two networks under one mask (the same one twice is warned about)
+        ticket.save(path)
+    assert_user_error(cli("lmc", "--pair", a, b, "--data-root", nowhere), "does not exist")
     assert_user_error(cli("lmc", "run"), "give the ticket to train")
     assert not (tmp_path / "runs").exists()
 
