@@ -156,7 +156,10 @@ def test_masked_rewind_weights_are_warned_about():
     ref = make_ticket("cifar_resnet_8_4", 0.8, seed=1)
     arrays = {n: (a * ref.mask(n).array if n in ref.masks else a) for n, a in ref.arrays()}
     masked = type(ref).from_arrays(arrays, ref.masks)
-    with pytest.warns(EttWarning, match="newly kept weights start at zero"):
+    with (
+        pytest.warns(EttWarning, match="newly kept weights start at zero"),
+        pytest.warns(EttWarning, match="kept again"),
+    ):
         ettcli.prune(masked, "random", sparsity=0.5)
 
 
