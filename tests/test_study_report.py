@@ -73,7 +73,7 @@ def test_a_cell_with_fewer_runs_than_seeds_is_marked(study, cli):
     gone = next(r for r in rows if r["method"] == "snip" and r["level"] == 6 and r["target"] == "cifar_resnet_32")
     (study / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r is not gone))
     text = report(cli, study)
-    assert "1 cell(s) below have fewer runs than the study's 2 seeds" in text
+    assert "Cells marked * (1 below) have fewer runs than the study's 2 seeds" in text
     lines = text.splitlines()
     at = lines.index("## cifar_resnet_32")
     line = next(x for x in lines[at:] if x.startswith("| snip |"))

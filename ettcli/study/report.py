@@ -232,8 +232,8 @@ def render(rows: list[dict], title: str = "study", lmc: list[dict] | None = None
     counts += [len(d["cells"][n].get(lv, [])) for d in data.values() for n in d["order"] for lv in d["levels"]]
     short_cells = sum(1 for c in counts if seeds is not None and 0 < c < seeds)
     if short_cells:
-        lines += [f"{SHORT} {short_cells} cell(s) below have fewer runs than the study's {seeds} seeds: trainings not "
-                  "finished yet or results missing; rerun 'ett study run' to complete them.", ""]  # fmt: skip
+        lines += [f"Cells marked {SHORT} ({short_cells} below) have fewer runs than the study's {seeds} seeds: trainings "
+                  "not finished yet or results missing; rerun 'ett study run' to complete them.", ""]  # fmt: skip
     for t, d in data.items():
         levels = d["levels"]
         all_rows = [r for n in d["order"] for lv in levels for r in d["cells"][n].get(lv, [])]
