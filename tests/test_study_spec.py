@@ -165,7 +165,10 @@ def test_adding_a_seed_keeps_every_key_and_adds_only_trainings(tmp_path):
 def test_job_names_have_no_empty_fields_and_a_folder_named_the_earlier_way_is_kept(tmp_path):
     from ettcli.study.graph import job_key
 
-    text = TWO.replace("levels = 2\n", "levels = 2\ntargets = true\n") + '[baselines]\nmethods = ["random"]\nlike = "imp"\n'
+    text = (
+        TWO.replace("levels = 2\n", "levels = 2\ntargets = true\n")
+        + '[baselines]\nmethods = ["random"]\nlike = "imp"\n'
+    )
     path = write(tmp_path, text)
     jobs = plan_jobs(load_study(path))
     for key in jobs:
