@@ -304,7 +304,7 @@ def plot(
         loc="outside lower center",
         ncols=ncols,
         fontsize="small",
-        title=f"instability: largest error on the path minus the mean error of {ends}",
+        title=f"instability: largest error on the path minus the mean error of\n{ends}",
         title_fontsize="small",
     )
     if title:
