@@ -46,7 +46,7 @@ def main() -> None:
     os.environ["ETT_RUNS"] = str(tmp / "runs")
     ticket = init_ticket(parse_arch(args.arch), seed=0)
     if args.sparsity:
-        ticket.masks = magnitude_masks(ticket, args.sparsity)
+        ticket = ticket.with_masks(magnitude_masks(ticket, args.sparsity))
     path = ticket.save(tmp / f"{args.arch}.safetensors")
     base = TrainSettings(data_root=args.data_root, epochs=1, precision=args.precision, threads=args.threads)
 

@@ -453,6 +453,7 @@ def lmc_pair(
     settings.check()
     ta, tb = (t if isinstance(t, Ticket) else read_ticket(t) for t in (a, b))
     check_same_layout(ta, tb)
+    _warn_degenerate_pair(ta, tb)
     ctx = _Context.make(ta, settings, alphas, bn_batches, bn_reset, bn_data, train_images)
     identity = {"kind": "lmc-pair", "a": ta.fingerprint(), "b": tb.fingerprint(), **ctx.identity()}
     folder = _lmc_folder(out, ta.path or "pair", identity)
@@ -469,6 +470,22 @@ def lmc_pair(
         "runs": None,
     }
     return _write(folder, record)
+
+
+def _warn_degenerate_pair(ta, tb) -> None:
+    """A pair whose path says nothing about stability: one network twice, or one end never trained."""
+    from ettcli.errors import warn
+
+    names = [str(t.path) if t.path else f"ticket {i}" for i, t in enumerate((ta, tb), 1)]
+    if ta.fingerprint() == tb.fingerprint():
+        warn(f"--pair: {names[0]} and {names[1]} hold the same weights, so every point of the path is one network and "
+             "the instability is 0 by construction; pass the trainings of one ticket with two different seeds")  # fmt: skip
+        return
+    trained = ["ett.step" in t.metadata for t in (ta, tb)]
+    if trained[0] != trained[1]:
+        other = names[trained.index(False)]
+        warn(f"--pair: {other} records no training (no ett.step in its metadata) while the other end does; the "
+             "path to an untrained network measures no instability; pass both trainings' final.safetensors")  # fmt: skip
 
 
 @dataclass

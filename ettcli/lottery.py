@@ -9,7 +9,7 @@ rewind step with a fresh optimizer; the schedule and the data order fast-forward
 Layout of the output folder::
 
     config.json      the IMP run's identity (source content, rate, rewind step, scope, training settings)
-    levels.json      one row per finished level
+    levels.json      one row per finished level (a rerun with fewer levels keeps the later ones)
     level_00/        a run folder (config, metrics, checkpoint, summary, final.safetensors) plus
                      rewind.safetensors (the dense state at the rewind step) and ticket.safetensors
     level_01/ ...    ticket.safetensors (rewind-step weights, unmasked, with the level's masks) and its run
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ettcli.errors import EttError
+from ettcli.errors import EttError, warn
 from ettcli.mask import Mask
 from ettcli.pruning import global_topk_masks
 from ettcli.recipe import FAMILY_DEFAULTS
@@ -128,6 +128,13 @@ def imp(
         if name not in prunable:
             raise EttError(f"cannot exclude '{name}': {dense.arch.name} has no such prunable tensor")
     pruned = [n for n in prunable if n not in exclude]
+    sizes = [int(np.prod(dense.tensors[n].shape)) for n in pruned]
+    empty = _empty_level(sizes, spec.rate, levels, spec.scope)
+    if empty is not None:
+        raise EttError(
+            f"levels {levels}: level {empty} would keep none of the {sum(sizes):,} weights IMP prunes ({spec.rate:g} "
+            f"of the remaining ones per level, {spec.scope}); ask for at most {empty - 1} levels"
+        )
 
     top = RunFolder(
         Path(out),
@@ -167,7 +174,12 @@ def imp(
     for level in range(1, levels + 1):
         t0 = time.perf_counter()
         trained = read_ticket(previous / FINAL)
+        before = masks
         masks = prune_level({n: trained.array(n) for n in pruned}, masks, spec.rate, spec.scope)
+        collapsed = [n for n in pruned if masks[n].kept == 0 < before[n].kept]
+        if collapsed:
+            shown = ", ".join(collapsed[:5]) + (f" and {len(collapsed) - 5} more" if len(collapsed) > 5 else "")
+            warn(f"layer collapse: IMP level {level} keeps no weight in {shown}; no signal passes through that layer")
         folder = top.path / f"level_{level:02d}"
         ticket = Ticket.from_arrays(
             dict(rewound.arrays()),
@@ -189,8 +201,35 @@ def imp(
         if on_level:
             on_level(rows[-1])
         previous = folder
-    top.write_json("levels.json", rows)
+    top.write_json(LEVELS, rows + _later_levels(top, levels))
     return rows
+
+
+def _later_levels(top: RunFolder, levels: int) -> list[dict]:
+    """The rows of levels beyond ``levels`` that an earlier, longer run finished and whose folders remain: a
+    rerun with fewer levels keeps them in ``levels.json`` rather than hide them."""
+    try:
+        old = top.read_json(LEVELS)
+    except (OSError, ValueError):
+        return []
+    return [
+        r
+        for r in old
+        if isinstance(r, dict)
+        and isinstance(r.get("level"), int)
+        and r["level"] > levels
+        and (top.path / f"level_{r['level']:02d}" / "summary.json").is_file()
+    ]
+
+
+def _empty_level(sizes: list[int], rate: float, levels: int, scope: str) -> int | None:
+    """The first level up to ``levels`` at which IMP keeps none of the weights it prunes (``None``: none does)."""
+    remaining = list(sizes) if scope == "layerwise" else [sum(sizes)]
+    for level in range(1, levels + 1):
+        remaining = [r - math.ceil(rate * r) for r in remaining]
+        if not any(remaining):
+            return level
+    return None
 
 
 def _stop_if_signalled(res) -> None:

@@ -700,6 +700,8 @@ def prune_run(
         tensors = {k: Source.of_array(v) for k, v in fresh_weights(tk.arch, init_seed).items()}
     else:
         _warn_masked_weights(tk, masks)
+    if not m.copies_mask:
+        _warn_revived(tk, masks, m.name)
     collapsed = [n for n, mk in masks.items() if mk.kept == 0 and mk.numel > 0]
     if collapsed:
         shown = ", ".join(collapsed[:5]) + (f" and {len(collapsed) - 5} more" if len(collapsed) > 5 else "")
@@ -817,6 +819,11 @@ def make_target(
         counts = {n: ref.mask(n).kept for n in names}
         return Target(sizes, shapes, total, dense_total + sum(counts.values()), tuple(dense), counts)
     keep = keep_count(total, sparsity) if ref is None else ref.counts()[1]
+    if keep == 0 and ref is None:
+        raise EttError(
+            f"sparsity {sparsity} keeps round((1 - S) x {total:,}) = 0 of {total:,} weights, an empty network; "
+            f"give a sparsity of at most {1 - 0.5 / total:.10g} to keep at least one weight"
+        )
     if keep < dense_total:
         raise EttError(
             f"keeping {keep:,} of {total:,} weights is impossible with {', '.join(dense)} left dense "
@@ -864,6 +871,22 @@ def _warn_masked_weights(ticket: Ticket, masks: Mapping[str, Mask]) -> None:
         )
 
 
+def _warn_revived(ticket: Ticket, masks: Mapping[str, Mask], method: str) -> None:
+    """TICKET's own mask is ignored (methods see its unmasked weights): say so when the result keeps weights it
+    pruned, as pruning an IMP ticket at a lower sparsity does."""
+    revived = sum(
+        int(np.count_nonzero(masks[n].array & ~old.array))
+        for n, old in ticket.masks.items()
+        if n in masks and old.kept < old.numel
+    )
+    if revived:
+        warn(
+            f"TICKET is {100 * ticket.sparsity():.2f}% sparse and {method} ignores its mask: {revived:,} weights TICKET "
+            "prunes are kept again; to prune further within it, or to make a baseline, start from the dense "
+            "rewind-point ticket (an IMP folder's level_00/ticket.safetensors)"
+        )
+
+
 def _metadata(
     tk, ref, m, target, settings, sparsity, seed, invert, shuffle, reinit, samples, ds, data
 ) -> dict[str, str]:
@@ -872,8 +895,8 @@ def _metadata(
     meta = {
         k: v
         for k, v in tk.metadata.items()
-        if not k.startswith(("ett.prune.", "ett.like", "ett.source"))
-        and k not in ("ett.command", "ett.plan", "ett.seed", "ett.init")
+        if not k.startswith(("ett.prune.", "ett.like", "ett.source", "ett.imp"))  # IMP's keys describe its mask
+        and k not in ("ett.command", "ett.plan", "ett.seed", "ett.init", "ett.sparsity")
     }
     if "ett.seed" in tk.metadata and not (m.fresh_weights or reinit is not None):
         meta["ett.seed"] = tk.metadata["ett.seed"]

@@ -110,6 +110,17 @@ def test_rerun_skips_finished_levels_and_more_levels_add_to_the_run(reference, c
     assert (_level(out, 2) / "final.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_a_rerun_with_fewer_levels_keeps_the_later_levels_in_levels_json(reference, cli):
+    out, args = reference
+    before = json.loads((out / "levels.json").read_text())
+    assert [row["level"] for row in before][:4] == [0, 1, 2, 3]
+    r = cli(*[a if a != "3" else "1" for a in args])
+    assert r.exit_code == 0, r.stderr
+    after = json.loads((out / "levels.json").read_text())
+    assert [row["level"] for row in after] == [row["level"] for row in before]  # levels 2, 3 (...) still listed
+    assert after[2:] == before[2:] and all(_level(out, row["level"]).is_dir() for row in after)
+
+
 def test_kill_in_the_middle_of_a_level_then_rerun_equals_an_uninterrupted_run(env, reference, cli):
     ref, args = reference
     out = env["base"] / "killed"
@@ -189,3 +200,29 @@ def test_bad_inputs(env, cli, tmp_path, reference):
         ),
         "snapshot step 9ep",
     )
+
+
+def test_levels_that_would_empty_the_network_are_refused_and_layer_collapse_is_warned(env, cli, tmp_path):
+    root = env["root"]
+    many = tmp_path / "many"
+    r = cli("prune", "imp", "cifar_resnet_8_4", "--levels", "1000", "--data-root", root, *ARGS, "--out", many)
+    assert_user_error(r, "levels 1000: level ", "would keep none of the", "at most ")
+    assert not many.exists()
+
+    # layerwise, each tensor loses ceil(20%) a level: the smallest (a 32-weight shortcut) is empty at level 12
+    out = tmp_path / "deep"
+    args = ["--epochs", "1", "--batch-size", "50", "--rewind", "2it", "--quiet", "--scope", "layerwise"]
+    r = cli("prune", "imp", "cifar_resnet_8_4", "--levels", "12", "--data-root", root, *args, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    said = [line for line in r.stderr.splitlines() if "layer collapse" in line]
+    emptied = []
+    for level in range(1, 13):
+        now, was = (
+            read_ticket(_level(out, level) / "ticket.safetensors"),
+            read_ticket(_level(out, level - 1) / "ticket.safetensors"),
+        )
+        gone = [n for n, m in now.masks.items() if m.kept == 0 and (n not in was.masks or was.masks[n].kept > 0)]
+        if gone:
+            emptied.append(f"ett: warning: layer collapse: IMP level {level} keeps no weight in {', '.join(gone)}; "
+                           "no signal passes through that layer")  # fmt: skip
+    assert said == emptied and emptied and "level 12" in emptied[0]

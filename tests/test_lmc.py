@@ -179,6 +179,30 @@ def test_pair_refuses_other_masks_and_architectures(cli, ticket_file, tmp_path, 
     assert not out.exists() and not (tmp_path / "runs").exists()
 
 
+def test_a_pair_of_one_network_or_with_an_untrained_end_is_warned_about(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("ETT_RUNS", str(tmp_path / "runs"))
+    a, b = _pair()
+    trained = Ticket.from_arrays(dict(b.arrays()), b.masks, {"ett.step": "2ep", "ett.trained_from_step": "0it"})
+    paths = {"a": tmp_path / "a.safetensors", "b": tmp_path / "b.safetensors"}
+    a.save(paths["a"])
+    trained.save(paths["b"])
+    nowhere = tmp_path / "nowhere"  # the warnings come before the data is loaded
+
+    def stderr(x, y):
+        r = cli("lmc", "--pair", x, y, "--data-root", nowhere)
+        assert r.exit_code == 2
+        return r.stderr.splitlines()
+
+    same = stderr(paths["a"], paths["a"])
+    assert same[0].startswith("ett: warning: --pair:") and "hold the same weights" in same[0]
+    assert same[1].startswith("ett: error:") and len(same) == 2
+    untrained = stderr(paths["a"], paths["b"])
+    assert f"--pair: {paths['a']} records no training" in untrained[0] and len(untrained) == 2
+    both = Ticket.from_arrays(dict(a.arrays()), a.masks, {"ett.step": "2ep"})
+    both.save(paths["a"])
+    assert len(stderr(paths["a"], paths["b"])) == 1  # two trainings: no warning
+
+
 def test_bad_options_and_missing_data_give_one_line_and_no_output(cli, ticket_file, tmp_path, monkeypatch):
     monkeypatch.setenv("ETT_RUNS", str(tmp_path / "runs"))
     t = ticket_file()
@@ -192,7 +216,10 @@ def test_bad_options_and_missing_data_give_one_line_and_no_output(cli, ticket_fi
         cli("lmc", t, "--bn-data", "test", "--data-root", nowhere), "bn-data 'test'", "augmented or plain"
     )
     assert_user_error(cli("lmc", t, "--data-root", nowhere), "does not exist")
-    assert_user_error(cli("lmc", "--pair", t, t, "--data-root", nowhere), "does not exist")
+    a, b = (tmp_path / f"{x}.safetensors" for x in "ab")
+    for ticket, path in zip(_pair(), (a, b)):  # two networks under one mask (the same one twice is warned about)
+        ticket.save(path)
+    assert_user_error(cli("lmc", "--pair", a, b, "--data-root", nowhere), "does not exist")
     assert_user_error(cli("lmc", "run"), "give the ticket to train")
     assert not (tmp_path / "runs").exists()
 

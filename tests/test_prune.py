@@ -156,8 +156,31 @@ def test_masked_rewind_weights_are_warned_about():
     ref = make_ticket("cifar_resnet_8_4", 0.8, seed=1)
     arrays = {n: (a * ref.mask(n).array if n in ref.masks else a) for n, a in ref.arrays()}
     masked = type(ref).from_arrays(arrays, ref.masks)
-    with pytest.warns(EttWarning, match="newly kept weights start at zero"):
+    with (
+        pytest.warns(EttWarning, match="newly kept weights start at zero"),
+        pytest.warns(EttWarning, match="kept again"),
+    ):
         ettcli.prune(masked, "random", sparsity=0.5)
+
+
+def test_weights_a_sparse_tickets_mask_prunes_are_kept_again_only_with_a_warning():
+    imp_like = make_ticket("cifar_resnet_8_4", 0.8, seed=1)  # masked by magnitude on its own weights
+    with pytest.warns(EttWarning, match="ignores its mask") as caught:
+        out = ettcli.prune(imp_like, "magnitude", sparsity=0.5)
+    revived = sum(int(np.count_nonzero(out.masks[n].array & ~m.array)) for n, m in imp_like.masks.items())
+    assert revived > 0 and f"{revived:,} weights TICKET prunes are kept again" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ettcli.prune(imp_like, "magnitude", sparsity=0.9)  # within its mask: nothing kept again, no warning
+        ettcli.prune(make_ticket("cifar_resnet_8_4", 0.0), "magnitude", sparsity=0.5)
+
+
+def test_a_baseline_does_not_carry_imp_keys_of_its_ticket():
+    base = make_ticket("cifar_resnet_8_4", 0.0)
+    meta = {"ett.imp_level": "0", "ett.imp_folder": "imp/x", "ett.imp_rate": "0.2", "ett.sparsity": "0.000000"}
+    level0 = type(base).from_arrays(dict(base.arrays()), {}, {**base.metadata, **meta})
+    out = ettcli.prune(level0, "random", sparsity=0.5)
+    assert not [k for k in out.metadata if k.startswith("ett.imp") or k == "ett.sparsity"], out.metadata
 
 
 def test_vgg_classifier_stays_dense_unless_ref_prunes_it():
@@ -293,6 +316,7 @@ def test_cli_help_defines_each_method_with_an_example(cli):
         (["prune", "obd", "T", "--sparsity", "0.5", "-o", "OUT"], ["unknown pruning method 'obd'", "magnitude"]),
         (["prune", "magnitude", "T", "--sparsity", "1.0", "-o", "OUT"], ["outside [0, 1)"]),
         (["prune", "magnitude", "T", "--sparsity", "-0.2", "-o", "OUT"], ["outside [0, 1)"]),
+        (["prune", "magnitude", "T", "--sparsity", "0.9999999", "-o", "OUT"], ["= 0 of", "an empty network"]),
         (["prune", "magnitude", "T", "-o", "OUT"], ["give --sparsity S", "--like REF"]),
         (["prune", "magnitude", "T", "--sparsity", "0.5", "--like", "REF", "-o", "OUT"], ["not both"]),
         (["prune", "magnitude", "T", "--sparsity", "0.5", "--match", "layerwise", "-o", "OUT"], ["needs --like REF"]),

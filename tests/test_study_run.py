@@ -268,6 +268,66 @@ def test_an_lmc_section_adds_only_lmc_jobs_and_the_report_its_instability(with_l
     assert ett.split("|")[2].strip() == "-" and ett.split("|")[3].strip() == f"{value:.2f} (1)"
 
 
+def test_a_damaged_or_missing_result_runs_its_job_again_and_no_row_is_lost(with_lmc, cli):
+    out, path = with_lmc["out"], with_lmc["path"]
+    jobs = plan_jobs(load_study(path))
+    rows = sorted((out / "results.jsonl").read_text().splitlines())
+    trains = [k for k, j in jobs.items() if j.kind == "train"]
+    damaged, missing = trains[0], trains[-1]
+    (out / "jobs" / damaged / "result.json").write_text('{"key": ')  # cut short
+    (out / "jobs" / missing / "result.json").unlink()
+    t0 = time.time()
+    r = cli("study", "run", path, "--jobs", "2")
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert f"{len(jobs)} of {len(jobs)} jobs done ({len(jobs) - 2} before this run)" in r.stdout
+    assert {k for k, ev in attempts(out).items() if starts(ev, t0)} == {damaged, missing}
+    assert sorted((out / "results.jsonl").read_text().splitlines()) == rows  # every row back, none twice
+    assert json.loads((out / "jobs" / damaged / "result.json").read_text())["key"] == damaged
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_a_killed_driver_takes_its_workers_and_their_server_with_it(env):
+    path = env["base"] / "long.toml"
+    path.write_text(study_text(env["root"], methods="[]", levels=(1,)).replace("epochs = 1", "epochs = 400"))
+    out = env["base"] / "long"
+    p = driver(path, "--jobs", "2")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not [m for m in out.glob("imp/*/level_00/metrics.jsonl") if m.read_text()]:
+        time.sleep(0.2)  # until IMP's first training is in its epochs
+    started = [e for ev in attempts(out).values() for e in ev if e["event"] == "start"]
+    assert started, p.communicate(timeout=60)
+    workers = {e["pid"] for e in started}
+    helpers = _children(p.pid)  # the fork server (the workers' parent) and multiprocessing's resource tracker
+    assert helpers
+    p.kill()  # SIGKILL: the driver cannot stop anything itself
+    p.communicate(timeout=60)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and any(_alive(x) for x in workers | helpers):
+        time.sleep(0.5)
+    assert not [x for x in workers | helpers if _alive(x)]
+    imp = next(ev for key, ev in attempts(out).items() if key.startswith("imp-"))
+    assert [e["event"] for e in imp][-1] == "interrupted", imp  # stopped at a checkpoint, not left to run on
+
+
 def test_a_failing_job_is_reported_others_finish_and_emit_then_lists_it(env, cli):
     path = env["base"] / "fail.toml"
     path.write_text(study_text(env["root"], methods="[]", levels=(1,)))

@@ -130,6 +130,8 @@ def test_missing_study_file_and_bad_options(cli, tmp_path):
     assert_user_error(cli("study", "run", path, "--jobs", "0"), "--jobs 0")
     assert_user_error(cli("study", "run", path, "--executor", "cloud"), "--executor cloud", "local or slurm")
     assert_user_error(cli("study", "run", path, "--dry-run", "--emit"), "--dry-run or --emit")
+    assert_user_error(cli("study", "run", path, "--calibrate"), "--calibrate", "add --dry-run")
+    assert not (tmp_path / "t").exists()  # nothing ran
     data = write(tmp_path, BASE.replace('name = "t"', 'name = "t"\ndata_root = "nowhere"'), "d.toml")
     assert_user_error(cli("study", "run", data), "'data_root'", "does not exist")
 
@@ -157,6 +159,29 @@ def test_adding_a_seed_keeps_every_key_and_adds_only_trainings(tmp_path):
     assert {after[k].kind for k in set(after) - set(before)} == {"train", "dense"}
     changed = plan_jobs(load_study(write(tmp_path, BASE.replace("epochs = 1", "epochs = 2"), "c.toml")))
     assert not set(changed) & set(before)  # every training changes, and so does every ticket made from them
+
+
+@needs_methods
+def test_job_names_have_no_empty_fields_and_a_folder_named_the_earlier_way_is_kept(tmp_path):
+    from ettcli.study.graph import job_key
+
+    text = (
+        TWO.replace("levels = 2\n", "levels = 2\ntargets = true\n")
+        + '[baselines]\nmethods = ["random"]\nlike = "imp"\n'
+    )
+    path = write(tmp_path, text)
+    jobs = plan_jobs(load_study(path))
+    for key in jobs:
+        readable = key.split("-", 1)[1].rsplit("-", 1)[0]
+        assert "" not in readable.split("-"), key  # no 'random---L01', no trailing '-'
+    # a study folder from before, with the baseline's job under its old name ('...-like-imp-'): kept, not redone
+    prune = next(j for j in jobs.values() if j.kind == "prune")
+    readable = prune.key.split("-", 1)[1].rsplit("-", 1)[0]
+    old = job_key("prune", readable + "-", {"kind": "prune", **prune.spec})
+    (load_study(path).out / "jobs" / old).mkdir(parents=True)
+    again = plan_jobs(load_study(path))
+    assert old in again and prune.key not in again
+    assert [j for j in again.values() if j.kind == "train" and old in j.deps]  # its trainings follow it
 
 
 def test_an_lmc_section_adds_one_job_per_chosen_ticket_on_its_two_trainings(tmp_path):

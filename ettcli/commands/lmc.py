@@ -291,14 +291,40 @@ def plot(
     ax.set_xlabel("interpolation α  ((1-α)·A + α·B)")
     ax.set_ylabel(f"{split} error (%)")
     ax.set_xlim(0, 1)
+    ax.set_ylim(*error_range([e for _, rec in records for e in rec[split]["error"]]))
     ax.grid(True, alpha=0.3)
     ncols = 1 if len(records) < 3 else 2  # below the axes, where no curve runs
-    fig.legend(loc="outside lower center", ncols=ncols, fontsize="small", title="instability", title_fontsize="small")
+    resets = {rec["settings"]["bn_reset"] for _, rec in records}
+    ends = (
+        "the endpoints after BatchNorm re-estimation"
+        if resets == {True}
+        else ("the endpoints, BatchNorm interpolated" if resets == {False} else "the endpoints as measured")
+    )
+    fig.legend(
+        loc="outside lower center",
+        ncols=ncols,
+        fontsize="small",
+        title=f"instability: largest error on the path minus the mean error of\n{ends}",
+        title_fontsize="small",
+    )
     if title:
         ax.set_title(title)
     with atomic_path(output) as tmp:
         fig.savefig(tmp, format=fmt, dpi=150)
     typer.echo(f"wrote {output}")
+
+
+def error_range(errors: list[float], least: float = 10.0) -> tuple[float, float]:
+    """The y range of an error plot: the data's own, widened to at least ``least`` percentage points around
+    it (within 0-100), so that a path flat to within noise does not fill the axes like a barrier."""
+    lo, hi = min(errors), max(errors)
+    pad = max(0.05 * (hi - lo), (least - (hi - lo)) / 2)
+    lo, hi = lo - pad, hi + pad
+    if lo < 0:
+        lo, hi = 0.0, hi - lo
+    if hi > 100:
+        lo, hi = max(0.0, lo - (hi - 100)), 100.0
+    return lo, hi
 
 
 def _read_record(path: Path) -> dict:

@@ -91,6 +91,8 @@ def run(
         raise EttError(f"--executor {executor}: choose local or slurm")
     if dry_run and emit:
         raise EttError("give --dry-run or --emit, not both")
+    if calibrate and not dry_run:
+        raise EttError("--calibrate measures speed for the --dry-run estimate; add --dry-run, or drop --calibrate")
     study = load_study(study_file, out)
     root = study.out
     if dry_run:

@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ettcli.study.graph import Job
-from ettcli.study.runner import job_folder
+from ettcli.study.runner import is_finished, job_folder
 from ettcli.study.spec import Study
 
 _CACHE_NAME = "throughput-v1.json"
@@ -211,7 +211,7 @@ class Eta:
         self.samples: dict[str, list[float]] = defaultdict(list)
         for key, job in jobs.items():
             self._sample(key, job)
-        self.over = {k for k in jobs if (job_folder(self.root, k) / "result.json").is_file()}  # done, failed, blocked
+        self.over = {k for k in jobs if is_finished(self.root, k)}  # done, failed, blocked
         self.started: dict[str, float] = {}
 
     def _sample(self, key: str, job: Job) -> None:

@@ -9,7 +9,8 @@
     lmc.jsonl         one row per LMC measurement (studies with an [lmc] section)
     study.log         one line per job that finished or failed
 
-A job whose ``result.json`` exists is done and never runs again; a job whose lock a live process holds
+A job whose ``result.json`` holds its result is done and never runs again (a damaged or missing one makes it
+run again, which rebuilds the result from its finished run); a job whose lock a live process holds
 (another driver, a Slurm task) is waited for; a failed job is reported and only the jobs that depend on it
 are skipped. Light jobs (transfers) run here in the driver; the rest go to the executor.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 from ettcli.errors import EttError
 from ettcli.locks import JobLock
 from ettcli.study.graph import Job, describe, plan_jobs
-from ettcli.study.runner import JOB, LOCK, RESULT, job_folder, read_result, run_job
+from ettcli.study.runner import JOB, LOCK, is_finished, job_folder, read_result, run_job
 from ettcli.study.spec import Study
 
 RESULTS = "results.jsonl"
@@ -96,7 +97,7 @@ def write_jobs(study: Study, root: Path, jobs: dict[str, Job]) -> None:
 
 
 def finished(root: Path, jobs: dict[str, Job]) -> set[str]:
-    return {k for k in jobs if (job_folder(root, k) / RESULT).is_file()}
+    return {k for k in jobs if is_finished(root, k)}
 
 
 def ready_jobs(root: Path, jobs: dict[str, Job]) -> list[Job]:
@@ -196,11 +197,13 @@ def run_study(
         on_event(event, counts)
 
     def finish(key: str) -> None:
+        if key in done:
+            return
         done.add(key)
         counts.done += 1
         for d in dependents[key]:
             waiting[d] -= 1
-            if waiting[d] == 0:
+            if waiting[d] == 0 and d not in done:  # a finished job waits on one that runs again (its result was lost)
                 ready.append(d)
 
     def block(key: str) -> None:
@@ -216,7 +219,7 @@ def run_study(
         while ready or executor.running() or elsewhere:
             # jobs held elsewhere: done, or free again (their owner stopped)
             for key in list(elsewhere):
-                if (job_folder(root, key) / RESULT).is_file():
+                if is_finished(root, key):
                     elsewhere.discard(key)
                     counts.elsewhere -= 1
                     finish(key)
@@ -231,7 +234,7 @@ def run_study(
             heavy = []
             for key in list(ready):
                 job = jobs[key]
-                if (job_folder(root, key) / RESULT).is_file():
+                if is_finished(root, key):
                     ready.remove(key)
                     finish(key)
                     continue

@@ -95,7 +95,9 @@ class LocalExecutor:
             return w
         mine, theirs = self.ctx.Pipe()
         p = self.ctx.Process(
-            target=worker_main, args=(theirs, self.threads, self.slot_gpus[slot]), name=f"ett-worker-{slot}"
+            target=worker_main,
+            args=(theirs, self.threads, self.slot_gpus[slot], os.getpid()),  # workers end with this process
+            name=f"ett-worker-{slot}",
         )
         p.start()
         theirs.close()

@@ -71,13 +71,25 @@ def job_key(kind: str, readable: str, identity: dict) -> str:
     return f"{kind}-{_safe(readable)}-{identity_hash(identity, 10)}"
 
 
-class _Graph:
-    def __init__(self) -> None:
-        self.jobs: dict[str, Job] = {}
+def _readable(*parts: str) -> str:
+    """A job's readable name: its non-empty parts joined by '-'."""
+    return "-".join(p for p in parts if p)
 
-    def add(self, kind: str, readable: str, spec: dict, deps=(), row=None, cost=None, env=None) -> Job:
+
+class _Graph:
+    def __init__(self, root=None) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.root = root  # the study folder, where jobs named the earlier way may exist
+
+    def add(self, kind: str, readable: str, spec: dict, deps=(), row=None, cost=None, env=None, legacy=None) -> Job:
+        """Add a job; ``legacy``: the readable name earlier versions gave it (with empty fields, such as
+        ``random---L01``), kept where a job folder of that name exists so that its work is not redone."""
         identity = {"kind": kind, **spec}
         key = job_key(kind, readable, identity)
+        if legacy is not None and legacy != readable and self.root is not None:
+            old = job_key(kind, legacy, identity)
+            if (self.root / JOBS_DIR / old).is_dir() and not (self.root / JOBS_DIR / key).is_dir():
+                key = old
         if key not in self.jobs:
             self.jobs[key] = Job(key, kind, spec, tuple(deps), row or {}, cost or {}, env or {})
         return self.jobs[key]
@@ -114,7 +126,7 @@ def plan_jobs(study: Study) -> dict[str, Job]:
     """Every job of the study, each after the jobs it depends on (insertion order is a topological order)."""
     from ettcli.steps import parse_step
 
-    g = _Graph()
+    g = _Graph(study.out)
     sched = _schedule(study)
     per_epoch, total = sched["per_epoch"], sched["total"]
     keep = 1.0 - study.imp.rate
@@ -204,7 +216,8 @@ def plan_jobs(study: Study) -> dict[str, Job]:
     lmc = study.lmc
 
     def train(ticket_job: Job, ticket_path: str, row: dict, arch, level: int, start: int) -> None:
-        readable = f"{row['target']}-{row['method']}-{row.get('source') or ''}-{row.get('variant') or ''}-L{level:02d}"
+        fields = (row["target"], row["method"], row.get("source") or "", row.get("variant") or "", f"L{level:02d}")
+        readable, legacy = _readable(*fields), "-".join(fields)
         trained: dict[int, tuple[Job, str]] = {}  # seed -> (the job that trains it, its final weights)
         for seed in study.seeds:
             if ticket_job.kind == "imp" and seed == study.imp.seed:
@@ -218,6 +231,7 @@ def plan_jobs(study: Study) -> dict[str, Job]:
                 deps=[ticket_job.key],
                 row={**row, "level": level, "seed": seed},
                 cost=cost(arch, start, keep**level),
+                legacy=f"{legacy}-s{seed}",
             )
             trained[seed] = (j, f"{j.folder()}/run/{FINAL}")
         if lmc is None or row["method"] not in lmc.methods or level not in lmc.levels:
@@ -240,6 +254,7 @@ def plan_jobs(study: Study) -> dict[str, Job]:
             deps=[ja.key, jb.key],
             row={**row, "level": level},
             cost={**cost(arch, total, keep**level), "eval_images": images},
+            legacy=f"{legacy}-s{lmc.seeds[0]}-s{lmc.seeds[1]}",
         )
 
     for tgt in study.targets:
@@ -276,9 +291,11 @@ def plan_jobs(study: Study) -> dict[str, Job]:
         for ref, like, level in refs:
             for method in study.baselines.methods:
                 b = study.baselines
+                like_of = (like.get("like_source", "imp"), like.get("like_variant", ""))
+                fields = (t, method, f"L{level:02d}", "like", *like_of)
                 j = g.add(
                     "prune",
-                    f"{t}-{method}-L{level:02d}-like-{like.get('like_source', 'imp')}-{like.get('like_variant', '')}",
+                    _readable(*fields),
                     {
                         "ticket": rewinds[t].key,
                         "ticket_path": rewinds[t].output(),
@@ -292,6 +309,7 @@ def plan_jobs(study: Study) -> dict[str, Job]:
                     },  # fmt: skip
                     deps=[rewinds[t].key, ref.key],
                     row={"target": t},
+                    legacy="-".join(fields),
                 )
                 train(j, j.output(), {"target": t, "method": method, **like}, tgt, level, rw_its)
     return g.jobs

@@ -1,9 +1,11 @@
 """The paper's figures from ``results.jsonl``: accuracy against the percentage of weights remaining.
 
 One panel per target; x is the percentage of prunable weights remaining on a log scale, decreasing to the
-right; y is the final test accuracy. Each method is a mean line over its runs with a +- one standard
-deviation band; the dense accuracy is a horizontal line; IMP is solid black, ``ETT <- n`` solid in colour,
-baselines dashed; one legend for all panels. matplotlib's object API on its Agg canvas (no display needed).
+right; y is the final test accuracy. Each method is a mean line over its runs with a +- one sample standard
+deviation band (an error bar where a method has a single level, so its spread shows too); the dense accuracy
+is a horizontal line; IMP is solid black, ``ETT <- n`` solid in colour, baselines dashed; one legend for all
+panels, the study's name as the title and a line that says what lines and bands are. matplotlib's object API
+on its Agg canvas (no display needed).
 """
 
 from __future__ import annotations
@@ -12,22 +14,30 @@ import math
 from pathlib import Path
 
 from ettcli.errors import EttError
-from ettcli.study.report import METRIC, mean_std, read_results, summarize
+from ettcli.study.report import METRIC, mean_std, read_results, study_info, summarize
 
 FORMATS = (".png", ".svg", ".pdf")
 
 
 def plot_study(folder: str | Path, out: str | Path | None = None) -> Path:
     """Draw ``folder``'s results into ``out`` (default ``folder/figure.png``); returns the path."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     folder = Path(folder)
     out = Path(out) if out is not None else folder / "figure.png"
     if out.suffix.lower() not in FORMATS:
         raise EttError(f"{out}: choose a .png, .svg or .pdf file name")
     if not out.parent.exists():
         raise EttError(f"{out}: folder {out.parent} does not exist; create it first")
+    fig = study_figure(folder)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def study_figure(folder: str | Path):
+    """The figure of ``folder``'s results, a matplotlib ``Figure`` (one axes per target, in the targets' order)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    folder = Path(folder)
     data = summarize(read_results(folder))
     if not data:
         raise EttError(f"{folder}: no target has results beyond its own IMP run yet; nothing to plot")
@@ -57,14 +67,17 @@ def plot_study(folder: str | Path, out: str | Path | None = None) -> Path:
                 remaining_seen.update(xs)  # IMP's levels mark the axis where there is an IMP curve
             style = "--" if kind == "baseline" else "-"
             (line,) = ax.plot(xs, ys, style, color=colour, marker="o", markersize=3, linewidth=1.5, label=name)
-            ax.fill_between(
-                xs,
-                [y - s for y, s in zip(ys, ss)],
-                [y + s for y, s in zip(ys, ss)],
-                color=colour,
-                alpha=0.15,
-                linewidth=0,
-            )
+            if len(xs) > 1:
+                ax.fill_between(
+                    xs,
+                    [y - s for y, s in zip(ys, ss)],
+                    [y + s for y, s in zip(ys, ss)],
+                    color=colour,
+                    alpha=0.15,
+                    linewidth=0,
+                )
+            else:  # one level: no band to shade, so the spread is an error bar
+                ax.errorbar(xs, ys, yerr=ss, fmt="none", ecolor=colour, elinewidth=1.2, capsize=4)
             handles.setdefault(name, line)
         if d["dense"]:
             dense = 100 * sum(d["dense"]) / len(d["dense"])
@@ -78,11 +91,19 @@ def plot_study(folder: str | Path, out: str | Path | None = None) -> Path:
         ax.grid(True, which="both", alpha=0.3)
     for ax in axes[n:]:
         ax.set_visible(False)
+    runs = max(len(rs) for d in data.values() for cells in d["cells"].values() for rs in cells.values())
+    fig.suptitle(study_info(folder)["name"], fontweight="bold")
     fig.legend(
-        list(handles.values()), list(handles), loc="outside lower center", ncol=min(len(handles), 6), frameon=False
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncol=min(len(handles), 6),
+        frameon=False,
+        title=f"final test accuracy; lines: mean over runs (up to {runs}); shaded bands and error bars: ± one "
+        "sample standard deviation; dotted: dense",
+        title_fontsize="small",
     )
-    fig.savefig(out, dpi=110)
-    return out
+    return fig
 
 
 def _remaining_ticks(ax, values: set[float], most: int = 8) -> None:

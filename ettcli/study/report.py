@@ -7,13 +7,14 @@ Per target network (a network with any row besides its own IMP levels):
 * the drop against the dense network's mean accuracy, in percentage points, as in Table 3;
 * with an ``[lmc]`` section, the instability of the chosen tickets (``lmc.jsonl``), method by level;
 
-and one cost table, as in Table 2: the training FLOPs of IMP on each source up to the highest transferred
+IMP level by level for every network that ran it (the sources' own included); and one cost table, as in Table 2: the training FLOPs of IMP on each source up to the highest transferred
 level, of training one transferred ticket on each target at that level, and of IMP on each target, each also
 as a multiple of one dense training of the largest target.
 
 Methods are labelled ``Dense``, ``IMP``, ``ETT <- n`` (the source's depth; with the variant where a target
 has several) and the baselines by their method name (all the references they were matched to together).
-Torch-free.
+The study's name and seeds come from the copy of its file in the folder (``study.toml``); a cell with fewer
+runs than the study has seeds is marked. Torch-free.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from ettcli.errors import EttError
 
 REPORT = "report.md"
 LMC = "lmc.jsonl"
+STUDY_COPY = "study.toml"
+SHORT = "*"  # marks a cell with fewer runs than the study's seeds
 METRIC = "final_test_accuracy"
 ORDER = {"dense": 0, "imp": 1, "ett": 2}
 
@@ -51,6 +54,24 @@ def read_results(folder: str | Path) -> list[dict]:
     if not rows:
         raise EttError(f"{path}: no rows yet; run 'ett study run' until some trainings finish")
     return rows
+
+
+def study_info(folder: str | Path) -> dict:
+    """``name`` and ``seeds`` of the study in ``folder``, from the copy of its file that ``ett study run`` keeps
+    there; the folder's name and no seeds when there is none (or it cannot be read)."""
+    import tomllib
+
+    folder = Path(folder)
+    info: dict = {"name": folder.resolve().name, "seeds": None}
+    try:
+        data = tomllib.loads((folder / STUDY_COPY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return info
+    if isinstance(data.get("name"), str) and data["name"].strip():
+        info["name"] = data["name"].strip()
+    if isinstance(data.get("seeds"), list) and data["seeds"]:
+        info["seeds"] = len(data["seeds"])
+    return info
 
 
 def short(arch: str) -> str:
@@ -127,11 +148,13 @@ def _depth_key(name: str):
     return (int(m[1]) if m else 0, name)
 
 
-def cell_text(values: list[float]) -> str:
+def cell_text(values: list[float], expected: int | None = None) -> str:
+    """Mean ± sample standard deviation (runs), in %; marked when it has fewer runs than ``expected``."""
     if not values:
         return "-"
     mean, std = mean_std([100 * v for v in values])
-    return f"{mean:.2f} ± {std:.2f} ({len(values)})" if std is not None else f"{mean:.2f} ({len(values)})"
+    text = f"{mean:.2f} ± {std:.2f} ({len(values)})" if std is not None else f"{mean:.2f} ({len(values)})"
+    return text + (f" {SHORT}" if expected is not None and len(values) < expected else "")
 
 
 def drop_text(values: list[float], dense: list[float]) -> str:
@@ -183,39 +206,53 @@ def lmc_lines(lmc: list[dict], target: str, d: dict, head: list[str]) -> list[st
         if reset == {True}
         else ("BatchNorm statistics interpolated, not re-estimated" if reset == {False} else "mixed BatchNorm settings")
     )
+    ends = (
+        ": the ends are measured as every point is, after BatchNorm re-estimation, not taken from the trainings"
+        if reset == {True}
+        else ""
+    )
     seeds = sorted({tuple(r["seeds"]) for r in mine})
     lines = ["### Instability (linear mode connectivity), percentage points", "",
              f"Largest test error on the path between the trainings with seeds {' and '.join(map(str, seeds[0]))} "
-             f"minus the mean of the two ends' errors ({how}); 0 is stable.", ""]  # fmt: skip
+             f"minus the mean of the two ends' errors ({how}){ends}; 0 is stable.", ""]  # fmt: skip
     lines += ["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for n in names:
         lines.append(f"| {n} | " + " | ".join(pp_text(cells[n].get(lv, [])) for lv in d["levels"]) + " |")
     return lines + [""]
 
 
-def render(rows: list[dict], title: str = "study", lmc: list[dict] | None = None) -> str:
-    """The whole report as Markdown; ``lmc``: the rows of ``lmc.jsonl``, if any, add an instability table."""
+def render(rows: list[dict], title: str = "study", lmc: list[dict] | None = None, seeds: int | None = None) -> str:
+    """The whole report as Markdown; ``lmc``: the rows of ``lmc.jsonl``, if any, add an instability table;
+    ``seeds``: the study's number of seeds (each cell of a target's tables and its dense accuracy expect that
+    many runs; fewer are marked)."""
     data = summarize(rows)
     lines = [f"# {title}", "", f"{len(rows)} trained tickets from `results.jsonl`. Cells: final test accuracy, %, "
              "mean ± sample standard deviation over runs (number of runs).", ""]  # fmt: skip
+    counts = [len(d["dense"]) for d in data.values()]
+    counts += [len(d["cells"][n].get(lv, [])) for d in data.values() for n in d["order"] for lv in d["levels"]]
+    short_cells = sum(1 for c in counts if seeds is not None and 0 < c < seeds)
+    if short_cells:
+        lines += [f"Cells marked {SHORT} ({short_cells} below) have fewer runs than the study's {seeds} seeds: trainings "
+                  "not finished yet or results missing; rerun 'ett study run' to complete them.", ""]  # fmt: skip
     for t, d in data.items():
         levels = d["levels"]
         all_rows = [r for n in d["order"] for lv in levels for r in d["cells"][n].get(lv, [])]
         sp = {lv: [r["sparsity"] for r in all_rows if r["level"] == lv] for lv in levels}
         head = [f"level {lv} ({100 * sum(sp[lv]) / len(sp[lv]):.2f}%)" if sp[lv] else f"level {lv}" for lv in levels]
-        lines += [f"## {t}", "", f"Dense: {cell_text(d['dense'])}", "", "### Accuracy (Table 1 style)", ""]
+        lines += [f"## {t}", "", f"Dense: {cell_text(d['dense'], seeds)}", "", "### Accuracy (Table 1 style)", ""]
         lines += ["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(levels)]
         for n in d["order"]:
             lines.append(
                 f"| {n} | "
-                + " | ".join(cell_text([r[METRIC] for r in d["cells"][n].get(lv, [])]) for lv in levels)
+                + " | ".join(cell_text([r[METRIC] for r in d["cells"][n].get(lv, [])], seeds) for lv in levels)
                 + " |"
             )
         lines += ["", "Sparsity reached (mean over runs):", ""]
         lines += ["| method | " + " | ".join(f"level {lv}" for lv in levels) + " |", "|---|" + "---|" * len(levels)]
         for n in d["order"]:
             lines.append(f"| {n} | " + " | ".join(_sparsity(d["cells"][n], lv) for lv in levels) + " |")
-        lines += ["", "### Accuracy drop against dense, percentage points (Table 3 style)", ""]
+        lines += ["", "### Accuracy drop against dense, percentage points (Table 3 style)", "",
+                  "The method's mean accuracy minus the dense network's: negative is below dense, positive above.", ""]  # fmt: skip
         lines += ["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(levels)]
         for n in d["order"]:
             lines.append(
@@ -223,8 +260,34 @@ def render(rows: list[dict], title: str = "study", lmc: list[dict] | None = None
             )  # fmt: skip
         lines.append("")
         lines += lmc_lines(lmc or [], t, d, head)
+    lines += imp_lines(rows)
     lines += cost_lines(rows, data)
     return "\n".join(lines) + "\n"
+
+
+def imp_lines(rows: list[dict]) -> list[str]:
+    """IMP level by level on every network that ran it: the levels between the transferred ones and the
+    sources' own runs, which the per-target tables leave out."""
+    nets = list(dict.fromkeys(r["target"] for r in rows if r["method"] == "imp"))
+    if not nets:
+        return []
+    lines = ["## IMP level by level", "",
+             "Every IMP level of every network that ran IMP. Level 0 is the dense network IMP starts from (its own "
+             "training, not the separate dense runs); each level's ticket trains once in IMP, and again with the "
+             "study's other seeds at the transferred levels. Drop: against the network's dense runs, negative is "
+             "below dense.", ""]  # fmt: skip
+    for net in nets:
+        by_level: dict[int, list[dict]] = defaultdict(list)
+        for r in rows:
+            if r["target"] == net and r["method"] == "imp":
+                by_level[r["level"]].append(r)
+        dense = [r[METRIC] for r in rows if r["target"] == net and r["method"] == "dense"]
+        lines += [f"### {net}", "", "| level | sparsity | accuracy | drop against dense |", "|---|---|---|---|"]
+        for lv in sorted(by_level):
+            accs = [r[METRIC] for r in by_level[lv]]
+            lines.append(f"| {lv} | {_sparsity(by_level, lv)} | {cell_text(accs)} | {drop_text(accs, dense)} |")
+        lines.append("")
+    return lines
 
 
 def cost_lines(rows: list[dict], data: dict) -> list[str]:
@@ -294,7 +357,8 @@ def write_report(folder: str | Path, title: str | None = None) -> tuple[str, Pat
 
     folder = Path(folder)
     rows = read_results(folder)
-    text = render(rows, title or f"Study {folder.name}", read_lmc(folder))
+    info = study_info(folder)
+    text = render(rows, title or f"Study {info['name']}", read_lmc(folder), info["seeds"])
     path = folder / REPORT
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

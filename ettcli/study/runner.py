@@ -48,10 +48,19 @@ def read_job(root: Path, key: str) -> dict:
 
 
 def read_result(root: Path, key: str) -> dict | None:
+    """The job's result, or ``None`` when it has none: a missing, unreadable or damaged ``result.json`` (one that
+    is not a result of this job with its rows) means the job is not finished, so it runs again."""
     try:
-        return json.loads((job_folder(root, key) / RESULT).read_text())
-    except (FileNotFoundError, ValueError):
+        res = json.loads((job_folder(root, key) / RESULT).read_text())
+    except (OSError, ValueError):
         return None
+    if not isinstance(res, dict) or res.get("key") != key or not isinstance(res.get("rows"), list):
+        return None
+    return res
+
+
+def is_finished(root: Path, key: str) -> bool:
+    return read_result(root, key) is not None
 
 
 def _note(folder: Path, event: str, **extra) -> None:
@@ -91,13 +100,13 @@ def run_job(root: str | os.PathLike, key: str, *, threads: int | None = None, lo
     root = Path(root)
     folder = job_folder(root, key)
     job = read_job(root, key)
-    if (folder / RESULT).is_file():
+    if is_finished(root, key):
         return "done-before"
     lock = JobLock(folder / LOCK)
     if not lock.acquire():
         return "busy"
     try:
-        if (folder / RESULT).is_file():
+        if is_finished(root, key):
             return "done-before"
         lock.start_heartbeat()
         _note(folder, "start", threads=threads)
@@ -350,11 +359,16 @@ KINDS = {"imp": _imp, "rewind": _rewind, "transfer": _transfer, "prune": _prune,
 
 
 # --- process entry points -------------------------------------------------------------------------------------
-def worker_main(conn, threads: int | None, gpu: str | None) -> None:
+def worker_main(conn, threads: int | None, gpu: str | None, driver: int | None = None) -> None:
     """A local executor's worker: receives ``(root, key, environment)``, runs the job, answers its outcome
-    (``done``, ``busy``, ``failed``, ``interrupted``); ``None`` or a closed pipe ends it."""
+    (``done``, ``busy``, ``failed``, ``interrupted``); ``None`` or a closed pipe ends it, and so does the end
+    of the ``driver`` process (its pid): a running job is then stopped as SIGTERM stops it, at a checkpoint."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before anything touches CUDA
+    if driver is not None:
+        import threading
+
+        threading.Thread(target=_end_with, args=(driver,), name="ett-driver-watch", daemon=True).start()
     while True:
         try:
             msg = conn.recv()
@@ -377,6 +391,30 @@ def worker_main(conn, threads: int | None, gpu: str | None) -> None:
             return
         if outcome == "interrupted":
             return
+
+
+def _end_with(pid: int) -> None:
+    """Wait for process ``pid`` to end (a killed driver), then send this process SIGTERM. A pidfd is readable
+    once the process has exited, zombie or not; without one, poll its pid."""
+    import select
+    import signal
+
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+    else:
+        while True:
+            time.sleep(2.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            except OSError:
+                continue
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def submitit_entry(root: str, key: str, threads: int | None) -> str:
