@@ -52,7 +52,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from ettcli.arch import _NAME, ArchSpec, parse_arch, parse_stages
+from ettcli.arch import ArchSpec, parse_arch, parse_stages, states_width
 from ettcli.errors import EttError, warn
 from ettcli.registry import Registry
 
@@ -328,8 +328,7 @@ def _parse_stage(part: str, s: int, source: ArchSpec, target: ArchSpec) -> tuple
 
 def _first_unit(spec: ArchSpec, s: int) -> str:
     """How messages name unit 0 of stage ``s``: downsampling only where it is."""
-    word = spec.unit_word
-    return f"the stage's first, downsampling {word}" if spec.has_shortcut(s, 0) else f"the stage's first {word}"
+    return spec.fam.first_unit(spec, s)
 
 
 def _check_shapes(source: ArchSpec, target: ArchSpec, s: int, i: int, j: int, token: str) -> None:
@@ -420,8 +419,7 @@ def resolve_target(source: ArchSpec, to: str | ArchSpec | None = None, stages: s
         explicit_width = True
     else:
         target = parse_arch(to, like=source)
-        m = _NAME.match(to.strip().lower())
-        explicit_width = bool(m and m["width"])
+        explicit_width = states_width(to)
     if target.family != source.family:
         raise EttError(
             f"cannot transform {source.name} (family {source.family}) into {target.name} (family "
