@@ -180,6 +180,18 @@ class Family:
         word = self.unit
         return f"the stage's first, downsampling {word}" if spec.has_shortcut(stage, 0) else f"the stage's first {word}"
 
+    def adjust_fill(self, source: ArchSpec, target: ArchSpec, stage: int, fill: tuple[int, ...]) -> tuple[int, ...]:
+        """A preset's fill of one stage (source unit of every target position), as this family wants it."""
+        return fill
+
+    def plan_warnings(self, plan: Any) -> list[str]:
+        """Warnings about a valid plan that this family's networks would not like (e.g. moved parity)."""
+        return []
+
+    def left_dense(self, spec: ArchSpec) -> tuple[str, ...]:
+        """Prunable tensors that IMP and the pruning methods leave dense unless told otherwise."""
+        return tuple(self.imp_exclude)
+
     def stem_tensors(self, spec: ArchSpec) -> UnitTensors:
         return []
 

@@ -363,7 +363,7 @@ def build_plan(source: ArchSpec, target: ArchSpec, preset: str) -> Plan:
                 f"stage {s + 1}: {source.name} has only {source.unit_word} 0 in this stage, so there is no "
                 f"{source.unit_word} to replicate into {m} more position{'s' if m > 1 else ''}"
             )
-        fill.append((0, *p.normal_fill(n, m)))
+        fill.append(source.fam.adjust_fill(source, target, s, (0, *p.normal_fill(n, m))))
     return Plan(source, target, tuple(fill), preset=preset)
 
 
@@ -489,7 +489,9 @@ def make_plan(
 
 
 def _warn_if_surprising(plan: Plan) -> None:
-    """Accepted but probably not meant: an identity copy, or a stretch that drops units."""
+    """Accepted but probably not meant: an identity copy, a stretch that drops units, or what the family warns of."""
+    for message in plan.source.fam.plan_warnings(plan):
+        warn(message)
     if plan.target.stages == plan.source.stages and all(row == tuple(range(len(row))) for row in plan.fill):
         warn(
             f"the target {plan.target.name} is the source's own depth: the output is a copy of the ticket "
