@@ -22,7 +22,9 @@ from ettcli.transform import transform
 
 def vit(layers: int, seed: int = 0) -> VisionTransformer:
     torch.manual_seed(seed)
-    return VisionTransformer(image_size=32, patch_size=8, num_layers=layers, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10)
+    return VisionTransformer(
+        image_size=32, patch_size=8, num_layers=layers, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10
+    )
 
 
 def swin(depths: list[int], seed: int = 0) -> SwinTransformer:
