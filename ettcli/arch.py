@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from typing import TYPE_CHECKING, Any
@@ -81,6 +83,7 @@ class Family:
     target_example: str = ""  # a canonical target name for messages
     short_example: str = ""
     signature: str = ""  # the keys that identify the family, for messages
+    signature_keys: tuple[tuple[str, str], ...] = ()  # (key as shown, regex): what a ticket of it must have
     dataset: str = "cifar10"  # trained on when no dataset is named
     rewind: str = "0it"  # IMP's default rewind step
     imp_exclude: tuple[str, ...] = ()  # prunable tensors IMP leaves dense by default
@@ -191,6 +194,18 @@ class Family:
     def left_dense(self, spec: ArchSpec) -> tuple[str, ...]:
         """Prunable tensors that IMP and the pruning methods leave dense unless told otherwise."""
         return tuple(self.imp_exclude)
+
+    def ticket_metadata(self, spec: ArchSpec) -> dict[str, str]:
+        """Metadata a saved ticket of this family carries besides ``ett.arch`` (read back by inference)."""
+        return {}
+
+    def closeness(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], list[str]]:
+        """The :attr:`signature_keys` these names have and those they lack, for messages."""
+        have, lack = [], []
+        for shown, regex in self.signature_keys:
+            pattern = re.compile(regex)
+            (have if any(pattern.search(n) for n in shapes) else lack).append(shown)
+        return have, lack
 
     def stem_tensors(self, spec: ArchSpec) -> UnitTensors:
         return []
@@ -484,19 +499,79 @@ def expected_keys() -> str:
     return "expected the keys of " + (", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else parts[0])
 
 
-def infer_arch(shapes: Mapping[str, tuple[int, ...]], where: str = "ticket") -> ArchSpec:
+UNITS: ContextVar[str | None] = ContextVar("ett_units", default=None)
+
+
+@contextmanager
+def units(pattern: str | None) -> Iterator[None]:
+    """Within this block, inference finds the units by ``pattern`` (``--units``): any state dict's
+    repeated units, e.g. ``encoder.block.{i}`` or ``stages.{s}.blocks.{b}``."""
+    token = UNITS.set(pattern.strip() if pattern else None)
+    try:
+        yield
+    finally:
+        UNITS.reset(token)
+
+
+def infer_arch(shapes: Mapping[str, tuple[int, ...]], where: str = "ticket", units: str | None = None) -> ArchSpec:
     """Infer the spec from state_dict names and shapes, then check every tensor against it.
 
-    The family whose :meth:`Family.recognise` scores highest infers the spec. Raises EttError naming the
-    first missing, unexpected or mis-shaped tensor.
+    The family whose :meth:`Family.recognise` scores highest infers the spec; with a unit pattern (``units``,
+    or :func:`units` around the call, or a ticket's ``ett.units``) the ``units`` family reads the units by
+    it. Raises EttError naming the first missing, unexpected or mis-shaped tensor, or, where no family
+    matches, the families tried and the closest one with what it lacks.
     """
-    ranked = recognise(shapes)
-    if not ranked or ranked[0][0] <= 0:
-        sample = ", ".join(f"'{n}'" for n in sorted(shapes)[:3]) or "no tensors"
-        raise EttError(f"{where}: parameter names match no known family: {expected_keys()}; found {sample}")
-    spec = ranked[0][1].infer(shapes, where)
+    pattern = UNITS.get() or units
+    if pattern:
+        spec = FAMILIES["units"].infer_with(pattern, shapes, where)
+    else:
+        ranked = recognise(shapes)
+        if not ranked or ranked[0][0] <= 0:
+            raise EttError(_no_family(shapes, where))
+        spec = ranked[0][1].infer(shapes, where)
     check_tensors(spec, shapes, where)
     return spec
+
+
+def _no_family(shapes: Mapping[str, tuple[int, ...]], where: str) -> str:
+    """One line: the families tried, the closest with what it lacks, a --units pattern to try, what was found."""
+    sample = ", ".join(f"'{n}'" for n in sorted(shapes)[:3]) or "no tensors"
+    tried = ", ".join(n for n in FAMILIES if n != "units")
+    close = []
+    for family in FAMILIES.values():
+        have, lack = family.closeness(shapes)
+        if have:
+            close.append((len(have) / (len(have) + len(lack)), -len(close), family.name, have, lack))
+    closest = ""
+    if close:
+        _, _, name, have, lack = max(close)
+        closest = f"; closest: {name}, which has {', '.join(have)} but no {', '.join(lack)}"
+    guess = guess_units(shapes)
+    hint = (
+        f"; if '{guess}' are its repeated units, pass --units '{guess}'"
+        if guess
+        else "; name the repeated units with --units PATTERN"
+    )
+    return (
+        f"{where}: parameter names match no known family (tried {tried}){closest}{hint}; {expected_keys()}; "
+        f"found {sample}"
+    )
+
+
+_NUMBERED = re.compile(r"^(?P<pre>(?:[^.]+\.)*?[^.]+)\.(?P<a>\d+)\.(?:(?P<b>\d+)\.)?")
+
+
+def guess_units(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """The unit pattern most names share (``blocks.{i}``, ``stages.{s}.blocks.{b}``), or None."""
+    counts: dict[str, int] = {}
+    for name in shapes:
+        m = _NUMBERED.match(name)
+        if m:
+            pattern = f"{m['pre']}.{{s}}.{{b}}" if m["b"] is not None else f"{m['pre']}.{{i}}"
+            counts[pattern] = counts.get(pattern, 0) + 1
+    if not counts:
+        return None
+    return max(counts.items(), key=lambda kv: (kv[1], -len(kv[0])))[0]
 
 
 def check_tensors(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], where: str) -> None:

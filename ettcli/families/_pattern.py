@@ -195,7 +195,8 @@ class PatternFamily(Family):
             key = (int(m["s"]), int(m["b"])) if "s" in regex.groupindex else (0, int(m["i"]))
             found.setdefault(key, {})[m["local"]] = tuple(shape)
         if not found:
-            raise EttError(f"{where}: no key matches the unit pattern '{self.pattern}'")
+            sample = ", ".join(f"'{n}'" for n in sorted(shapes)[:3]) or "no tensors"
+            raise EttError(f"{where}: no key matches the unit pattern '{self.pattern}' (keys such as {sample})")
         stage_ids = tuple(sorted({s for s, _ in found}))
         stages, units = [], []
         for k, sid in enumerate(stage_ids):

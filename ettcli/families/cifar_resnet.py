@@ -12,6 +12,7 @@ from ettcli.arch import ArchSpec, Family, UnitTensors, bn_tensors, register, sha
 from ettcli.errors import EttError
 
 _UNIT = re.compile(r"^blocks\.(?P<unit>\d+)\.")
+_OWN = re.compile(r"^blocks\.\d+\.(conv[12]|bn[12]|shortcut\.[01])\.")  # what only this family's blocks hold
 
 
 class CifarResNet(Family):
@@ -27,6 +28,11 @@ class CifarResNet(Family):
     target_example = "cifar_resnet_56"
     short_example = "resnet-56"
     signature = "conv.weight, blocks.{i}.conv1.weight, fc.weight"
+    signature_keys = (
+        ("conv.weight", r"^conv\.weight$"),
+        ("blocks.{i}.conv1.weight", r"^blocks\.\d+\.conv1\.weight$"),
+        ("fc.weight", r"^fc\.weight$"),
+    )
     dataset = "cifar10"
     rewind = "1000it"
 
@@ -72,7 +78,7 @@ class CifarResNet(Family):
         return [("fc.weight", (spec.num_classes, last), True), ("fc.bias", (spec.num_classes,), False)]
 
     def recognise(self, shapes):
-        return sum(1 for n in shapes if _UNIT.match(n))
+        return sum(1 for n in shapes if _OWN.match(n))
 
     def infer(self, shapes, where):
         ids = sorted({int(m["unit"]) for m in map(_UNIT.match, shapes) if m})

@@ -26,6 +26,7 @@ class CifarVGG(Family):
     target_example = "cifar_vgg_19"
     short_example = "vgg-19"
     signature = "layers.{i}.conv.weight, fc.weight"
+    signature_keys = (("layers.{i}.conv.weight", r"^layers\.\d+\.conv\.weight$"), ("fc.weight", r"^fc\.weight$"))
     dataset = "cifar10"
     rewind = "200it"
     imp_exclude = ("fc.weight",)

@@ -13,6 +13,7 @@ from ettcli.arch import ArchSpec, Family, UnitTensors, bn_tensors, register, sha
 from ettcli.errors import EttError
 
 _UNIT = re.compile(r"^layer(?P<stage>\d+)\.(?P<unit>\d+)\.")
+_OWN = re.compile(r"^layer\d+\.\d+\.(conv[123]|bn[123]|downsample\.[01])\.")
 
 
 class ImageNetResNet(Family):
@@ -28,6 +29,11 @@ class ImageNetResNet(Family):
     examples = ("imagenet_resnet_34", "imagenet_resnet_50")
     target_example = "imagenet_resnet_34"
     signature = "conv1.weight, layer{1-4}.{b}.conv1.weight, fc.weight"
+    signature_keys = (
+        ("conv1.weight", r"^conv1\.weight$"),
+        ("layer{s}.{b}.conv1.weight", r"^layer\d+\.\d+\.conv1\.weight$"),
+        ("fc.weight", r"^fc\.weight$"),
+    )
     dataset = "imagenet"
     rewind = "5ep"
 
@@ -81,7 +87,7 @@ class ImageNetResNet(Family):
         return [("fc.weight", (spec.num_classes, last), True), ("fc.bias", (spec.num_classes,), False)]
 
     def recognise(self, shapes):
-        return sum(1 for n in shapes if _UNIT.match(n))
+        return sum(1 for n in shapes if _OWN.match(n))
 
     def infer(self, shapes, where):
         per_stage: dict[int, set[int]] = {}

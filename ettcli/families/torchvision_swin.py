@@ -27,6 +27,12 @@ class TorchvisionSwin(PatternFamily):
     head_keys = r"^(norm|head)\."
     library_name = "torchvision SwinTransformer"
     signature = "features.0.0.weight, features.{1,3,5,7}.{b}.attn.qkv.weight, head.weight"
+    signature_keys = (
+        ("features.0.0.weight", r"^features\.0\.0\.weight$"),
+        ("features.{1,3,5,7}.{b}.attn.qkv.weight", r"^features\.[1357]\.\d+\.attn\.qkv\.weight$"),
+        ("features.{2,4,6}.reduction.weight", r"^features\.[246]\.reduction\.weight$"),
+        ("head.weight", r"^head\.weight$"),
+    )
     short_example = "swin-24"
     dataset = "imagenet"
     rewind = "0it"

@@ -22,6 +22,15 @@ class TorchvisionViT(PatternFamily):
     head_keys = r"^(encoder\.ln\.|heads\.)"
     library_name = "torchvision VisionTransformer"
     signature = "conv_proj.weight, encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight, heads.head.weight"
+    signature_keys = (
+        ("conv_proj.weight", r"^conv_proj\.weight$"),
+        ("class_token", r"^class_token$"),
+        (
+            "encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight",
+            r"^encoder\.layers\.encoder_layer_\d+\.self_attention\.in_proj_weight$",
+        ),
+        ("heads.head.weight", r"^heads\.head\.weight$"),
+    )
     short_example = "vit-24"
     dataset = "imagenet"
     rewind = "0it"
