@@ -84,6 +84,13 @@ def _append(n: int, m: int) -> list[int]:
     return [i + 1 for r in range(max(copies, default=0)) for i, c in enumerate(copies) if c > r]
 
 
+def _middle(n: int, m: int) -> list[int]:
+    """The last unit kept once at the end, the units between replicated in place (interpolated)."""
+    if n < 2 or m == n:
+        return _interpolate(n, m)
+    return [*_interpolate(n - 1, m - 1), n]
+
+
 def _interleave(n: int, m: int) -> list[int]:
     if m == 0:
         return []
@@ -112,7 +119,22 @@ def register_preset(preset: Preset) -> Preset:
 register_preset(
     Preset("interpolate", "stretch", "each unit's copies right after it (B1 B1 B2 B2)", _interpolate, default=True)
 )
-register_preset(Preset("append", "stretch", "all first copies, then all second copies (B1 B2 B1 B2)", _append))
+register_preset(
+    Preset(
+        "append",
+        "stretch",
+        "all first copies, then all second copies (B1 B2 B1 B2; progressive stacking)",
+        _append,
+    )
+)
+register_preset(
+    Preset(
+        "middle",
+        "stretch",
+        "keep the first and the last unit once, replicate the ones between in place (B1 B1 B2 B2 B3)",
+        _middle,
+    )
+)
 register_preset(
     Preset(
         "interleave",
@@ -122,7 +144,9 @@ register_preset(
         default=True,
     )
 )
-register_preset(Preset("tail", "squeeze", "keep the first units, drop the last ones", _tail))
+register_preset(
+    Preset("tail", "squeeze", "keep the first units, drop the last ones (a Transformer's top layers)", _tail)
+)
 register_preset(Preset("head", "squeeze", "keep the last units, drop the first ones (known to hurt)", _head))
 
 
