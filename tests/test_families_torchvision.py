@@ -243,3 +243,16 @@ def test_swin_unit_of_another_shape_is_refused_naming_it(cli, tmp_path):
 
     save_file(sd, str(path))
     assert_user_error(cli("inspect", path), "features.3.1.mlp.0.weight", "features.3.0.mlp.0.weight", "same shapes")
+
+
+def test_swin_inspect_counts_parameters_without_its_index_buffers(cli, tmp_path):
+    model = swin([2, 2, 2, 2])
+    path = tmp_path / "swin.safetensors"
+    masked_ticket(model).save(path)
+    r = cli("inspect", path, "--json")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["total_params"] == sum(p.numel() for p in model.parameters())
+    rows = {t["name"]: t for t in info["tensors"]}
+    assert rows["features.5.1.attn.relative_position_index"]["buffer"]
+    assert not rows["features.5.1.attn.relative_position_bias_table"]["buffer"]

@@ -11,7 +11,7 @@ from ettcli.arch import names_help
 from ettcli.commands.common import UNITS_HELP, command_line, handle_errors, stdout_console
 from ettcli.errors import EttError, final_output
 
-_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "relative_position_index", "relative_coords_table")
 METADATA_SHOWN = 200  # characters of a metadata key or value that the table shows
 
 INSPECT_JSON_HELP = (
