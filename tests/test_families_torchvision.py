@@ -256,3 +256,13 @@ def test_swin_inspect_counts_parameters_without_its_index_buffers(cli, tmp_path)
     rows = {t["name"]: t for t in info["tensors"]}
     assert rows["features.5.1.attn.relative_position_index"]["buffer"]
     assert not rows["features.5.1.attn.relative_position_bias_table"]["buffer"]
+
+
+def test_transformer_names_are_refused_in_one_line_where_they_cannot_be_resolved(cli, tmp_path):
+    assert_user_error(cli("init", "torchvision_vit_12", "-o", tmp_path / "v.safetensors"), "read from its state dict")
+    path = tmp_path / "vit.safetensors"
+    masked_ticket(vit(2)).save(path)
+    out = tmp_path / "out.safetensors"
+    assert_user_error(cli("stretch", path, "--to", "resnet-56", "-o", out), "names a resnet", "torchvision_vit_2_16")
+    assert_user_error(cli("stretch", path, "--stages", "3,3", "-o", out), "gives 2 stages", "has 1")
+    assert not out.exists()
