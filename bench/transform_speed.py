@@ -1,15 +1,19 @@
 """How fast `ett stretch` writes a target ticket, against a bare key remap measured in the same run.
 
-    .venv/bin/python bench/transform_speed.py [--repeats 7]
+    .venv/bin/python bench/transform_speed.py [--repeats 7] [--cases cifar_resnet_20,imagenet_resnet_26,bert_base]
 
-Two transfers, tickets made at benchmark time in a temporary folder (open_lth init, random masks at 73.79%):
-  * cifar_resnet_20 -> cifar_resnet_56 (1.3 MiB in, 4.3 MiB out)
-  * imagenet_resnet_26 -> imagenet_resnet_34, 1000 classes (about 100 MB in)
+Three transfers, tickets made at benchmark time in a temporary folder (random masks at 73.79%):
+  * cifar_resnet_20 -> cifar_resnet_56 (1.3 MiB in, 4.3 MiB out), open_lth init
+  * imagenet_resnet_26 -> imagenet_resnet_34, 1000 classes (about 100 MB in), open_lth init
+  * a BERT-base-shaped ticket (Hugging Face's names, 12 layers, hidden 768, 110M parameters, masks on the
+    layers' weight matrices) -> 24 layers, read as ``--units 'bert.encoder.layer.{i}'``
 
 Each command runs in a fresh interpreter, as a user would run it:
   * bare remap: ``safetensors.numpy.load_file``, rename (and duplicate) keys by the same plan, ``save_file``;
   * ``python -m ettcli stretch SRC --to TARGET -o OUT`` (the real CLI).
 Prints wall-time medians, peak RSS (``wait4``'s ru_maxrss of each child) and ett's ratios to the remap.
+For the BERT-shaped ticket also ``ett inspect --json`` against a bare header read (open, read the 8-byte
+length and the JSON header, parse it) in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-CASES = [("cifar_resnet_20", "resnet-56", 10), ("imagenet_resnet_26", "resnet-34", 1000)]
+CASES = [("cifar_resnet_20", "resnet-56", 10), ("imagenet_resnet_26", "resnet-34", 1000), ("bert_base", "units-24", 2)]
+BERT_UNITS = "bert.encoder.layer.{i}"
 SPARSITY = 0.7379
 
 REMAP = """
@@ -38,8 +43,61 @@ tensors = load_file(src)
 save_file({new: tensors[old] for new, old in pairs}, dst)
 """
 
+SAME = """
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
+assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), "outputs differ"
+"""
+
+HEADER = """
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    json.loads(f.read(n))
+"""
+
+
+def make_bert(path: Path, layers: int = 12, hidden: int = 768, ffn: int = 3072, vocab: int = 30522) -> None:
+    """A BERT-base-shaped ticket under Hugging Face's names (BertForSequenceClassification, 2 labels)."""
+    from ettcli.arch import units
+    from ettcli.mask import Mask
+    from ettcli.ticket import Ticket
+
+    rng = np.random.default_rng(0)
+    arrays: dict[str, np.ndarray] = {}
+
+    def linear(name: str, n_out: int, n_in: int) -> None:
+        arrays[name + ".weight"] = rng.standard_normal((n_out, n_in), dtype=np.float32) * 0.02
+        arrays[name + ".bias"] = np.zeros(n_out, np.float32)
+
+    def norm(name: str) -> None:
+        arrays[name + ".weight"], arrays[name + ".bias"] = np.ones(hidden, np.float32), np.zeros(hidden, np.float32)
+
+    for name, rows in (("word", vocab), ("position", 512), ("token_type", 2)):
+        arrays[f"bert.embeddings.{name}_embeddings.weight"] = rng.standard_normal((rows, hidden), dtype=np.float32)
+    norm("bert.embeddings.LayerNorm")
+    for i in range(layers):
+        p = f"bert.encoder.layer.{i}."
+        for part in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+            linear(p + part, hidden, hidden)
+        norm(p + "attention.output.LayerNorm")
+        linear(p + "intermediate.dense", ffn, hidden)
+        linear(p + "output.dense", hidden, ffn)
+        norm(p + "output.LayerNorm")
+    linear("bert.pooler.dense", hidden, hidden)
+    linear("classifier", 2, hidden)
+    with units(BERT_UNITS):
+        ticket = Ticket.from_arrays(arrays)
+    layer = [n for n, t in ticket.arch.tensors.items() if t.prunable and t.role == "unit"]
+    ticket = ticket.with_masks({n: Mask(rng.random(ticket.tensors[n].shape) >= SPARSITY) for n in layer})
+    ticket.save(path)
+
 
 def make_ticket(arch: str, classes: int, path: Path) -> None:
+    if arch == "bert_base":
+        return make_bert(path)
     from ettcli.arch import parse_arch
     from ettcli.mask import Mask
     from ettcli.models import init_ticket
@@ -88,6 +146,7 @@ def run_pair(a: list[str], b: list[str], repeats: int) -> tuple[tuple[float, flo
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--cases", default=",".join(c[0] for c in CASES), help="comma-separated sources to run")
     ap.add_argument("--make", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make:  # in a child, so that this process stays small
@@ -105,7 +164,7 @@ def main() -> None:
     print(f"{'transfer':52} {'command':10} {'wall s':>7} {'peak MiB':>9} {'wall ratio':>11} {'RSS ratio':>10}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for arch, to, classes in CASES:
+        for arch, to, classes in [c for c in CASES if c[0] in args.cases.split(",")]:
             src = tmp / f"{arch}.safetensors"
             subprocess.run([py, __file__, "--make", arch, str(classes), str(src)], check=True)
             pairs_file = tmp / "pairs.json"
@@ -115,15 +174,24 @@ def main() -> None:
                 [py, "-m", "ettcli", "stretch", str(src), "--to", to, "-o", str(tmp / "ett.safetensors")],
                 args.repeats,
             )
+            if arch == "bert_base":
+                head, insp = run_pair(
+                    [py, "-c", HEADER, str(src)],
+                    [py, "-m", "ettcli", "inspect", str(src), "--json"],
+                    args.repeats,
+                )
             out = tmp / "ett.safetensors"
-            from safetensors.numpy import load_file
-
-            a, b = load_file(tmp / "bare.safetensors"), load_file(out)
-            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), "outputs differ"
-            del a, b
+            # compared in a child: a child forked from a large parent would report the parent's pages as its own
+            subprocess.run([py, "-c", SAME, str(tmp / "bare.safetensors"), str(out)], check=True)
             name = f"{arch} -> {to} ({src.stat().st_size / 2**20:.1f} -> {out.stat().st_size / 2**20:.1f} MiB)"
             print(f"{name:52} {'remap':10} {bare[0]:7.3f} {bare[1]:9.0f}")
             print(f"{'':52} {'ett':10} {ett[0]:7.3f} {ett[1]:9.0f} {ett[0] / bare[0]:11.2f} {ett[1] / bare[1]:10.2f}")
+            if arch == "bert_base":
+                print(f"{'ett inspect --json ' + arch:52} {'header':10} {head[0]:7.3f} {head[1]:9.0f}")
+                print(
+                    f"{'':52} {'inspect':10} {insp[0]:7.3f} {insp[1]:9.0f} {insp[0] / head[0]:11.2f} "
+                    f"{insp[1] / head[1]:10.2f}"
+                )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@ belongs to. Inference reads only names and shapes (never key order: names are ma
 expressions and indices sorted as numbers), builds the spec, then checks the tensors against the spec's own
 expected names and shapes, so that a ticket that passes inference loads into the model with ``strict=True``.
 
-Canonical names::
+Everything family-specific lives in a :class:`Family` plug-in, one module per family in
+:mod:`ettcli.families`, registered in :data:`FAMILIES` where it is defined. This module is the interface
+and the family-free machinery over it: names, inference, the tensor list, tensor checks.
+
+Canonical names of the built-in families::
 
     cifar_resnet_20            3 stages of 3 basic blocks, stem width 16
     cifar_resnet_20_32         the same at stem width 32
@@ -24,69 +28,246 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cache, cached_property
+from typing import TYPE_CHECKING, Any
 
 from ettcli.errors import EttError
 from ettcli.registry import Registry
 
+if TYPE_CHECKING:
+    from torch import nn
+
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
+UnitTensors = list[tuple[str, tuple[int, ...], bool]]  # (local name, shape, prunable)
 
-@dataclass(frozen=True)
+
 class Family:
-    """A registered family: its name, short name, default width and standard depths."""
+    """A network family as a plug-in: everything ``ett`` knows that differs from one family to another.
 
-    name: str
-    short: str
-    unit: str  # what one unit is called in messages
-    default_width: int
-    standard: Mapping[str, Mapping[int, tuple[int, ...]]]  # block type -> depth -> stages
-    default_block: str
-    depth_rule: str = ""  # which depths are standard, where no table lists them
+    A subclass lives in its own module under :mod:`ettcli.families` and registers one instance with
+    :func:`register`. The class attributes describe the family; the methods take the :class:`ArchSpec` they
+    answer for. Methods with a body here are defaults that a family may keep.
+
+    Naming: ``name`` (the canonical prefix, e.g. ``cifar_resnet``), ``short`` (``resnet`` in ``resnet-56``),
+    ``unit`` (what one unit is called in messages), ``default_width``, ``standard`` (block type -> depth ->
+    units per stage), ``default_block``, ``depth_rule`` (which depths are standard where no table lists
+    them), ``examples`` (canonical names for messages), ``short_example``.
+
+    Structure: :meth:`stem_tensors`, :meth:`unit_tensors`, :meth:`between_tensors` (tensors fixed in place
+    between two stages, e.g. Swin's patch merging) and :meth:`head_tensors` give every state_dict entry;
+    :meth:`unit_prefix` names a unit's keys; :meth:`is_fixed` says which units stay in place (unit 0 of a
+    stage, e.g. ResNet's downsampling block).
+
+    Recognition: :meth:`recognise` scores how strongly a set of names looks like the family (0: not at
+    all), :meth:`infer` builds the spec from names and shapes, ``signature`` lists the key patterns that
+    error messages show.
+
+    Models and training (torch imported lazily, inside the methods): :meth:`build` makes the model,
+    :meth:`init` initialises it; ``dataset``, ``rewind`` and ``imp_exclude`` are its default recipe.
+    """
+
+    name: str = ""
+    short: str = ""
+    unit: str = "unit"
+    default_width: int = 64
+    standard: Mapping[str, Mapping[int, tuple[int, ...]]] = {}
+    default_block: str = ""
+    depth_rule: str = ""
+    name_blocks: tuple[str, ...] = ()  # block words a canonical name may carry (default: the standard's)
+    examples: tuple[str, ...] = ()  # canonical names for messages
+    target_example: str = ""  # a canonical target name for messages
+    short_example: str = ""
+    signature: str = ""  # the keys that identify the family, for messages
+    signature_keys: tuple[tuple[str, str], ...] = ()  # (key as shown, regex): what a ticket of it must have
+    dataset: str = "cifar10"  # trained on when no dataset is named
+    rewind: str = "0it"  # IMP's default rewind step
+    imp_exclude: tuple[str, ...] = ()  # prunable tensors IMP leaves dense by default
+
+    # --- naming ---------------------------------------------------------------------------------------
+    def depth(self, spec: ArchSpec) -> int:
+        return sum(spec.stages)
+
+    def is_standard(self, spec: ArchSpec) -> bool:
+        return self.standard.get(spec.block, {}).get(spec.depth) == spec.stages
+
+    def block_in_name(self, spec: ArchSpec) -> str | None:
+        """The block type written into the canonical name, if the name must state it."""
+        return None
+
+    def canonical_name(self, spec: ArchSpec) -> str:
+        core = str(spec.depth) if spec.is_standard() else "s" + "-".join(map(str, spec.stages))
+        parts = [self.name, core]
+        block = self.block_in_name(spec)
+        if block:
+            parts.append(block)
+        if spec.width != self.default_width:
+            parts.append(str(spec.width))
+        return "_".join(parts)
+
+    def check_block(self, block: str | None, depth: int | None, name: str) -> str:
+        """The block type a canonical name means (``block`` as written, or None)."""
+        return block or self.default_block
+
+    def standard_stages(self, block: str, depth: int, name: str) -> tuple[int, ...]:
+        table = self.standard.get(block, {})
+        if depth not in table:
+            known = ", ".join(f"{d}" for d in sorted(table))
+            near = table[min(table, key=lambda d: (abs(d - depth), d))] if table else (1,) * 4
+            raise EttError(
+                f"'{name}': no standard {self.name} of depth {depth} with {block} units (known: {known}); "
+                f"give the units per stage instead, e.g. {self.name}_s{'-'.join(map(str, near))} "
+                f"(--stages {','.join(map(str, near))} in a transform)"
+            )
+        return table[depth]
+
+    def names_help(self) -> str:
+        if self.depth_rule:
+            depths = self.depth_rule
+        else:
+            default = self.standard.get(self.default_block, {})
+            depths = ", ".join(
+                f"{d}_{block}" if block != self.default_block and d in default else str(d)
+                for block, table in self.standard.items()
+                for d in sorted(table)
+            )
+        return f"{self.name}_N (N = {depths}; stem width {self.default_width})"
+
+    def parse_name(self, text: str, like: ArchSpec | None, num_classes: int | None) -> ArchSpec | None:
+        """The spec a canonical name of this family means, or None where ``text`` is not one."""
+        m = name_pattern(self).match(text)
+        if not m:
+            return None
+        if m["depth"]:
+            depth = int(m["depth"])
+            block = self.check_block(m["block"], depth, text)
+            stages = self.standard_stages(block, depth, text)
+        else:
+            block = self.check_block(m["block"], None, text)
+            stages = tuple(int(x) for x in m["stages"].split("-"))
+            if any(n < 1 for n in stages):
+                raise EttError(f"'{text}': every stage needs at least one {self.unit}")
+        width = int(m["width"]) if m["width"] else self.default_width
+        if width < 1:
+            raise EttError(f"'{text}': width must be positive")
+        classes = num_classes if num_classes is not None else (like.num_classes if like else 10)
+        if classes < 1:
+            raise EttError(f"'{text}': a classifier needs at least 1 output, not {classes} (--num-classes)")
+        prefix = like.prefix if like and like.family == self.name else ""
+        return ArchSpec(self.name, stages, width, block, classes, prefix)
+
+    def parse_short(self, depth: int, like: ArchSpec, name: str) -> ArchSpec:
+        """The spec a short name (``resnet-56``) means relative to a source of this family."""
+        return replace(like, stages=self.standard_stages(like.block, depth, name))
+
+    # --- structure ------------------------------------------------------------------------------------
+    def stage_channels(self, spec: ArchSpec, s: int) -> int:
+        return spec.width
+
+    def unit_prefix(self, spec: ArchSpec, stage: int, unit: int) -> str:
+        raise NotImplementedError
+
+    def has_shortcut(self, spec: ArchSpec, stage: int, unit: int) -> bool:
+        return False
+
+    def is_fixed(self, spec: ArchSpec, stage: int, unit: int) -> bool:
+        """Whether a unit stays in place in every plan (unit 0 of each stage, by default)."""
+        return unit == 0
+
+    def first_unit(self, spec: ArchSpec, stage: int) -> str:
+        """How messages name unit 0 of a stage."""
+        word = self.unit
+        return f"the stage's first, downsampling {word}" if spec.has_shortcut(stage, 0) else f"the stage's first {word}"
+
+    def adjust_fill(self, source: ArchSpec, target: ArchSpec, stage: int, fill: tuple[int, ...]) -> tuple[int, ...]:
+        """A preset's fill of one stage (source unit of every target position), as this family wants it."""
+        return fill
+
+    def plan_warnings(self, plan: Any) -> list[str]:
+        """Warnings about a valid plan that this family's networks would not like (e.g. moved parity)."""
+        return []
+
+    def left_dense(self, spec: ArchSpec) -> tuple[str, ...]:
+        """Prunable tensors that IMP and the pruning methods leave dense unless told otherwise."""
+        return tuple(self.imp_exclude)
+
+    def ticket_metadata(self, spec: ArchSpec) -> dict[str, str]:
+        """Metadata a saved ticket of this family carries besides ``ett.arch`` (read back by inference)."""
+        return {}
+
+    def closeness(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], list[str]]:
+        """The :attr:`signature_keys` these names have and those they lack, for messages."""
+        have, lack = [], []
+        for shown, regex in self.signature_keys:
+            pattern = re.compile(regex)
+            (have if any(pattern.search(n) for n in shapes) else lack).append(shown)
+        return have, lack
+
+    def stem_tensors(self, spec: ArchSpec) -> UnitTensors:
+        return []
+
+    def unit_tensors(self, spec: ArchSpec, stage: int, unit: int) -> UnitTensors:
+        raise NotImplementedError
+
+    def between_tensors(self, spec: ArchSpec, stage: int) -> UnitTensors:
+        """Tensors fixed in place after stage ``stage`` and before the next one (full names, no prefix)."""
+        return []
+
+    def head_tensors(self, spec: ArchSpec) -> UnitTensors:
+        return []
+
+    # --- recognition ----------------------------------------------------------------------------------
+    def recognise(self, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """How many names look like this family's units (0: not this family)."""
+        return 0
+
+    def infer(self, shapes: Mapping[str, tuple[int, ...]], where: str) -> ArchSpec:
+        raise NotImplementedError
+
+    # --- models ----------------------------------------------------------------------------------------
+    def build(self, spec: ArchSpec) -> nn.Module:
+        raise EttError(f"no model can be built for family '{self.name}'")
+
+    def init(self, model: nn.Module) -> None:
+        """Initialise a freshly built model (open_lth's scheme by default)."""
+        from ettcli.models import open_lth_init
+
+        open_lth_init(model)
 
 
 FAMILIES: Registry[Family] = Registry("family")
+
+
+@cache
+def name_pattern(family: Family) -> re.Pattern:
+    """The canonical-name grammar of a family: NAME_DEPTH or NAME_sA-B-C, then _BLOCK and _WIDTH, optional."""
+    blocks = "|".join(map(re.escape, family.name_blocks or tuple(family.standard)))
+    return re.compile(
+        rf"^{re.escape(family.name)}_"
+        r"(?:(?P<depth>\d+)|s(?P<stages>\d+(?:-\d+)*))"
+        + (rf"(?:_(?P<block>{blocks}))?" if blocks else r"(?P<block>)")
+        + r"(?:_(?P<width>\d+))?$"
+    )
 
 
 def register(family: Family) -> Family:
     return FAMILIES.register(family.name, family)
 
 
-CIFAR_RESNET = register(
-    Family("cifar_resnet", "resnet", "block", 16, {"basic": {}}, "basic", "6n+2: 8, 14, 20, 32, 44, 56, 110, ...")
-)
-IMAGENET_RESNET = register(
-    Family(
-        "imagenet_resnet",
-        "resnet",
-        "block",
-        64,
-        {
-            "basic": {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 26: (2, 3, 4, 3), 34: (3, 4, 6, 3)},
-            "bottleneck": {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)},
-        },
-        "basic",
-    )
-)
-CIFAR_VGG = register(
-    Family(
-        "cifar_vgg",
-        "vgg",
-        "layer",
-        64,
-        {
-            "conv": {
-                11: (1, 1, 2, 2, 2),
-                13: (2, 2, 2, 2, 2),
-                16: (2, 2, 3, 3, 3),
-                19: (2, 2, 4, 4, 4),
-            }
-        },
-        "conv",
-    )
-)
+def shape_of(shapes: Mapping[str, tuple[int, ...]], key: str, where: str) -> tuple[int, ...]:
+    """The shape of ``key``, or an EttError naming it as missing."""
+    if key not in shapes:
+        raise EttError(f"{where}: missing tensor '{key}'")
+    return tuple(shapes[key])
+
+
+def bn_tensors(name: str, c: int) -> UnitTensors:
+    """A BatchNorm's five entries."""
+    return [(f"{name}.{p}", () if p == "num_batches_tracked" else (c,), False) for p in BN]
 
 
 @dataclass(frozen=True)
@@ -98,7 +279,7 @@ class TensorSpec:
     prunable: bool
     stage: int | None = None  # None for stem and head
     unit: int | None = None
-    role: str = "unit"  # "stem", "head" or "unit"
+    role: str = "unit"  # "stem", "head", "fixed" (between stages) or "unit"
     local: str = ""  # name inside its unit, e.g. "conv1.weight"
 
 
@@ -112,7 +293,7 @@ class ArchSpec:
     block: str = "basic"
     num_classes: int = 10
     prefix: str = ""
-    extra: tuple = field(default=(), compare=False)
+    extra: Any = field(default=(), compare=False)
 
     # --- naming ---------------------------------------------------------------------------------------
     @property
@@ -121,32 +302,15 @@ class ArchSpec:
 
     @property
     def depth(self) -> int:
-        n = sum(self.stages)
-        if self.family == "cifar_resnet":
-            return 2 * n + 2
-        if self.family == "cifar_vgg":
-            return n + 3
-        return (3 if self.block == "bottleneck" else 2) * n + 2
+        return self.fam.depth(self)
 
     def is_standard(self) -> bool:
-        if self.family == "cifar_resnet":
-            return len(self.stages) == 3 and len(set(self.stages)) == 1
-        return self.fam.standard.get(self.block, {}).get(self.depth) == self.stages
+        return self.fam.is_standard(self)
 
     @property
     def name(self) -> str:
         """The canonical name, e.g. ``cifar_resnet_20`` or ``imagenet_resnet_s2-2-2-2_bottleneck``."""
-        core = str(self.depth) if self.is_standard() else "s" + "-".join(map(str, self.stages))
-        parts = [self.family, core]
-        if self.family == "imagenet_resnet":
-            default = "basic"
-            if self.is_standard():
-                default = "basic" if self.depth in self.fam.standard["basic"] else "bottleneck"
-            if self.block != default:
-                parts.append(self.block)
-        if self.width != self.fam.default_width:
-            parts.append(str(self.width))
-        return "_".join(parts)
+        return self.fam.canonical_name(self)
 
     def __str__(self) -> str:
         return self.name
@@ -161,97 +325,41 @@ class ArchSpec:
     # --- structure -------------------------------------------------------------------------------------
     def stage_channels(self, s: int) -> int:
         """Output channels of stage ``s`` (the bottleneck's expansion included)."""
-        if self.family == "cifar_vgg":
-            return self.width * min(2**s, 8)
-        c = self.width * 2**s
-        return c * 4 if self.block == "bottleneck" else c
+        return self.fam.stage_channels(self, s)
 
     def unit_prefix(self, stage: int, unit: int) -> str:
         """The key prefix of a unit, e.g. ``blocks.4.``, ``model.layer2.1.`` or ``layers.3.``."""
-        if self.family == "cifar_resnet":
-            return f"{self.prefix}blocks.{sum(self.stages[:stage]) + unit}."
-        if self.family == "cifar_vgg":
-            return f"{self.prefix}layers.{sum(self.stages[:stage]) + stage + unit}."
-        return f"{self.prefix}layer{stage + 1}.{unit}."
+        return self.prefix + self.fam.unit_prefix(self, stage, unit)
 
     def has_shortcut(self, stage: int, unit: int) -> bool:
         """Whether this unit carries a projection shortcut (the downsampling unit of a stage)."""
-        if unit != 0 or self.family == "cifar_vgg":
-            return False
-        if self.family == "cifar_resnet":
-            return stage > 0
-        return stage > 0 or self.block == "bottleneck" or self.width != self.stage_channels(0)
+        return self.fam.has_shortcut(self, stage, unit)
 
-    def unit_tensors(self, stage: int, unit: int) -> list[tuple[str, tuple[int, ...], bool]]:
+    def is_fixed(self, stage: int, unit: int) -> bool:
+        """Whether this unit stays in place in every plan."""
+        return self.fam.is_fixed(self, stage, unit)
+
+    def unit_tensors(self, stage: int, unit: int) -> UnitTensors:
         """(local name, shape, prunable) of every tensor in one unit."""
-        out: list[tuple[str, tuple[int, ...], bool]] = []
-
-        def conv(name, cout, cin, k, bias=False):
-            out.append((f"{name}.weight", (cout, cin, k, k), True))
-            if bias:
-                out.append((f"{name}.bias", (cout,), False))
-
-        def bn(name, c):
-            for p in BN:
-                out.append((f"{name}.{p}", () if p == "num_batches_tracked" else (c,), False))
-
-        cout = self.stage_channels(stage)
-        if unit > 0:
-            cin = cout
-        elif stage > 0:
-            cin = self.stage_channels(stage - 1)
-        else:
-            cin = 3 if self.family == "cifar_vgg" else self.width
-        if self.family == "cifar_vgg":
-            conv("conv", cout, cin, 3, bias=True)
-            bn("bn", cout)
-            return out
-        if self.block == "bottleneck":
-            mid = self.width * 2**stage
-            conv("conv1", mid, cin, 1)
-            bn("bn1", mid)
-            conv("conv2", mid, mid, 3)
-            bn("bn2", mid)
-            conv("conv3", cout, mid, 1)
-            bn("bn3", cout)
-        else:
-            conv("conv1", cout, cin, 3)
-            bn("bn1", cout)
-            conv("conv2", cout, cout, 3)
-            bn("bn2", cout)
-        if self.has_shortcut(stage, unit):
-            sc = "shortcut" if self.family == "cifar_resnet" else "downsample"
-            conv(f"{sc}.0", cout, cin, 1)
-            bn(f"{sc}.1", cout)
-        return out
+        return self.fam.unit_tensors(self, stage, unit)
 
     @cached_property
     def tensors(self) -> dict[str, TensorSpec]:
         """Every state_dict entry in module order, with shape, prunability and owner."""
         out: dict[str, TensorSpec] = {}
         p = self.prefix
-
-        def add(name, shape, prunable, role, stage=None, unit=None, local=""):
-            out[p + name if role != "unit" else name] = TensorSpec(
-                p + name if role != "unit" else name, tuple(shape), prunable, stage, unit, role, local
-            )
-
-        if self.family == "cifar_resnet":
-            add("conv.weight", (self.width, 3, 3, 3), True, "stem")
-            for b in BN:
-                add(f"bn.{b}", () if b == "num_batches_tracked" else (self.width,), False, "stem")
-        elif self.family == "imagenet_resnet":
-            add("conv1.weight", (self.width, 3, 7, 7), True, "stem")
-            for b in BN:
-                add(f"bn1.{b}", () if b == "num_batches_tracked" else (self.width,), False, "stem")
+        fam = self.fam
+        for name, shape, prunable in fam.stem_tensors(self):
+            out[p + name] = TensorSpec(p + name, tuple(shape), prunable, None, None, "stem")
         for s, n in enumerate(self.stages):
             for u in range(n):
                 pre = self.unit_prefix(s, u)
-                for local, shape, prunable in self.unit_tensors(s, u):
-                    add(pre + local, shape, prunable, "unit", s, u, local)
-        last = self.stage_channels(len(self.stages) - 1)
-        add("fc.weight", (self.num_classes, last), True, "head")
-        add("fc.bias", (self.num_classes,), False, "head")
+                for local, shape, prunable in fam.unit_tensors(self, s, u):
+                    out[pre + local] = TensorSpec(pre + local, tuple(shape), prunable, s, u, "unit", local)
+            for name, shape, prunable in fam.between_tensors(self, s):
+                out[p + name] = TensorSpec(p + name, tuple(shape), prunable, None, None, "fixed")
+        for name, shape, prunable in fam.head_tensors(self):
+            out[p + name] = TensorSpec(p + name, tuple(shape), prunable, None, None, "head")
         return out
 
     def units(self) -> list[tuple[int, int]]:
@@ -289,18 +397,7 @@ def _gib(n: int) -> str:
 
 def names_help() -> str:
     """The valid architecture names, from the family registry, for help texts."""
-    parts = []
-    for fam in FAMILIES.values():
-        if fam.depth_rule:
-            depths = fam.depth_rule
-        else:
-            default = fam.standard.get(fam.default_block, {})
-            depths = ", ".join(
-                f"{d}_{block}" if block != fam.default_block and d in default else str(d)
-                for block, table in fam.standard.items()
-                for d in sorted(table)
-            )
-        parts.append(f"{fam.name}_N (N = {depths}; stem width {fam.default_width})")
+    parts = [fam.names_help() for fam in FAMILIES.values()]
     return (
         "; ".join(parts) + ". Append _W for another stem width (cifar_resnet_20_32), or give the units per stage "
         "instead of N (cifar_resnet_s3-5-7)."
@@ -308,30 +405,13 @@ def names_help() -> str:
 
 
 # --- names -----------------------------------------------------------------------------------------------
-_NAME = re.compile(
-    r"^(?P<family>cifar_resnet|imagenet_resnet|cifar_vgg)_"
-    r"(?:(?P<depth>\d+)|s(?P<stages>\d+(?:-\d+)*))"
-    r"(?:_(?P<block>basic|bottleneck))?"
-    r"(?:_(?P<width>\d+))?$"
-)
-_SHORT = re.compile(r"^(?P<short>resnet|vgg)-?(?P<depth>\d+)$")
+_SHORT = re.compile(r"^(?P<short>[a-z][a-z0-9_]*?)-?(?P<depth>\d+)$")
 
 
-def _standard_stages(family: Family, block: str, depth: int, name: str) -> tuple[int, ...]:
-    if family.name == "cifar_resnet":
-        if depth < 8 or (depth - 2) % 6:
-            raise EttError(f"'{name}': a CIFAR ResNet has depth 6n+2 (8, 14, 20, 32, 44, 56, 110, ...), not {depth}")
-        return ((depth - 2) // 6,) * 3
-    table = family.standard.get(block, {})
-    if depth not in table:
-        known = ", ".join(f"{d}" for d in sorted(table))
-        near = table[min(table, key=lambda d: (abs(d - depth), d))] if table else (1,) * 4
-        raise EttError(
-            f"'{name}': no standard {family.name} of depth {depth} with {block} units (known: {known}); "
-            f"give the units per stage instead, e.g. {family.name}_s{'-'.join(map(str, near))} "
-            f"(--stages {','.join(map(str, near))} in a transform)"
-        )
-    return table[depth]
+def states_width(name: str) -> bool:
+    """Whether a canonical name states a width (``cifar_resnet_20_32``)."""
+    text = name.strip().lower()
+    return any((m := name_pattern(f).match(text)) and m["width"] for f in FAMILIES.values())
 
 
 def parse_arch(name: str, like: ArchSpec | None = None, num_classes: int | None = None) -> ArchSpec:
@@ -340,52 +420,26 @@ def parse_arch(name: str, like: ArchSpec | None = None, num_classes: int | None 
     A short name means the source's family, width and block type at another depth.
     """
     text = name.strip().lower() if name else ""
-    m = _NAME.match(text)
-    if m:
-        family = FAMILIES[m["family"]]
-        block = m["block"]
-        if family.name == "cifar_vgg":
-            if block:
-                raise EttError(f"'{name}': VGG names take no block type")
-            block = "conv"
-        elif family.name == "cifar_resnet":
-            if block == "bottleneck":
-                raise EttError(f"'{name}': CIFAR ResNets have basic blocks only")
-            block = "basic"
-        if m["depth"]:
-            depth = int(m["depth"])
-            if block is None:
-                block = "basic" if depth in family.standard["basic"] else "bottleneck"
-            stages = _standard_stages(family, block, depth, name)
-        else:
-            block = block or family.default_block
-            stages = tuple(int(x) for x in m["stages"].split("-"))
-            if any(n < 1 for n in stages):
-                raise EttError(f"'{name}': every stage needs at least one {family.unit}")
-        width = int(m["width"]) if m["width"] else family.default_width
-        if width < 1:
-            raise EttError(f"'{name}': width must be positive")
-        classes = num_classes if num_classes is not None else (like.num_classes if like else 10)
-        if classes < 1:
-            raise EttError(f"'{name}': a classifier needs at least 1 output, not {classes} (--num-classes)")
-        prefix = like.prefix if like and like.family == family.name else ""
-        return ArchSpec(family.name, stages, width, block, classes, prefix)
+    for family in FAMILIES.values():
+        spec = family.parse_name(text, like, num_classes)
+        if spec is not None:
+            return spec
     s = _SHORT.match(text)
-    if s:
+    shorts = {f.short for f in FAMILIES.values()}
+    if s and s["short"] in shorts:
         if like is None:
+            examples = ", ".join(f.target_example for f in FAMILIES.values() if f.target_example)
             raise EttError(
                 f"'{name}' is a short name; it needs a source ticket to say the family "
-                "(or use a canonical name such as cifar_resnet_56, imagenet_resnet_34, cifar_vgg_19)"
+                f"(or use a canonical name such as {examples})"
             )
-        if FAMILIES[like.family].short != s["short"]:
+        if like.fam.short != s["short"]:
             raise EttError(f"'{name}' names a {s['short']}, but the source is {like.name} (family {like.family})")
-        family = like.fam
-        stages = _standard_stages(family, like.block, int(s["depth"]), name)
-        return replace(like, stages=stages)
+        return like.fam.parse_short(int(s["depth"]), like, name)
+    examples = ", ".join(e for f in FAMILIES.values() for e in f.examples)
+    short = " / ".join(dict.fromkeys(f.short_example for f in FAMILIES.values() if f.short_example))
     raise EttError(
-        f"'{name}' is not an architecture name: expected e.g. cifar_resnet_20, cifar_resnet_20_32, "
-        "cifar_resnet_s3-5-7, imagenet_resnet_34, imagenet_resnet_50, cifar_vgg_16, or resnet-56 / vgg-19 "
-        "relative to a source ticket"
+        f"'{name}' is not an architecture name: expected e.g. {examples}, or {short} relative to a source ticket"
     )
 
 
@@ -431,108 +485,93 @@ def strip_wrappers(names: Iterable[str], where: str = "ticket") -> dict[str, str
 
 
 # --- inference -------------------------------------------------------------------------------------------
-_RES_IMAGENET = re.compile(r"^layer(?P<stage>\d+)\.(?P<unit>\d+)\.")
-_RES_CIFAR = re.compile(r"^blocks\.(?P<unit>\d+)\.")
-_VGG = re.compile(r"^layers\.(?P<idx>\d+)\.conv\.weight$")
-_EXPECTED = (
-    "expected the keys of a cifar_resnet (conv.weight, blocks.{i}.conv1.weight, fc.weight), an "
-    "imagenet_resnet (conv1.weight, layer{1-4}.{b}.conv1.weight, fc.weight) or a cifar_vgg "
-    "(layers.{i}.conv.weight, fc.weight)"
-)
+def recognise(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[int, Family]]:
+    """Every family with its score for these names, best first (ties in registration order)."""
+    scored = [(family.recognise(shapes), i, family) for i, family in enumerate(FAMILIES.values())]
+    return [(score, family) for score, _, family in sorted(scored, key=lambda x: (-x[0], x[1]))]
 
 
-def infer_arch(shapes: Mapping[str, tuple[int, ...]], where: str = "ticket") -> ArchSpec:
+def expected_keys() -> str:
+    """What each registered family's keys look like, for messages."""
+    parts = [
+        f"{'an' if f.name[0] in 'aeiou' else 'a'} {f.name} ({f.signature})" for f in FAMILIES.values() if f.signature
+    ]
+    return "expected the keys of " + (", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else parts[0])
+
+
+UNITS: ContextVar[str | None] = ContextVar("ett_units", default=None)
+
+
+@contextmanager
+def units(pattern: str | None) -> Iterator[None]:
+    """Within this block, inference finds the units by ``pattern`` (``--units``): any state dict's
+    repeated units, e.g. ``encoder.block.{i}`` or ``stages.{s}.blocks.{b}``."""
+    token = UNITS.set(pattern.strip() if pattern else None)
+    try:
+        yield
+    finally:
+        UNITS.reset(token)
+
+
+def infer_arch(shapes: Mapping[str, tuple[int, ...]], where: str = "ticket", units: str | None = None) -> ArchSpec:
     """Infer the spec from state_dict names and shapes, then check every tensor against it.
 
-    Raises EttError naming the first missing, unexpected or mis-shaped tensor.
+    The family whose :meth:`Family.recognise` scores highest infers the spec; with a unit pattern (``units``,
+    or :func:`units` around the call, or a ticket's ``ett.units``) the ``units`` family reads the units by
+    it. Raises EttError naming the first missing, unexpected or mis-shaped tensor, or, where no family
+    matches, the families tried and the closest one with what it lacks.
     """
-    names = list(shapes)
-
-    def shape(key: str) -> tuple[int, ...]:
-        if key not in shapes:
-            raise EttError(f"{where}: missing tensor '{key}'")
-        return tuple(shapes[key])
-
-    imagenet = [m for m in map(_RES_IMAGENET.match, names) if m]
-    cifar = [m for m in map(_RES_CIFAR.match, names) if m]
-    vgg = [m for m in map(_VGG.match, names) if m]
-    if imagenet:
-        per_stage: dict[int, set[int]] = {}
-        for m in imagenet:
-            per_stage.setdefault(int(m["stage"]), set()).add(int(m["unit"]))
-        stage_ids = sorted(per_stage)
-        if stage_ids != list(range(1, len(stage_ids) + 1)):
-            raise EttError(f"{where}: ResNet stages must be layer1..layerN without gaps, found {stage_ids}")
-        stages = []
-        for s in stage_ids:
-            units = sorted(per_stage[s])
-            if units != list(range(len(units))):
-                raise EttError(f"{where}: layer{s} has blocks {units}; expected 0..{len(units) - 1} without gaps")
-            stages.append(len(units))
-        block = "bottleneck" if "layer1.0.conv3.weight" in shapes else "basic"
-        width = shape("conv1.weight")[0]
-        classes = shape("fc.weight")[0]
-        spec = ArchSpec("imagenet_resnet", tuple(stages), width, block, classes)
-        _refuse_variants(spec, shapes, where)
-    elif cifar:
-        ids = sorted({int(m["unit"]) for m in cifar})
-        if ids != list(range(len(ids))):
-            raise EttError(f"{where}: blocks are numbered {ids[:12]}...; expected 0..{len(ids) - 1} without gaps")
-        stages = []
-        width = shape("conv.weight")[0]
-        prev = width
-        for i in ids:
-            cout = shape(f"blocks.{i}.conv1.weight")[0]
-            starts = i == 0 or f"blocks.{i}.shortcut.0.weight" in shapes or cout != prev
-            if starts:
-                stages.append(0)
-            stages[-1] += 1
-            prev = cout
-        classes = shape("fc.weight")[0]
-        spec = ArchSpec("cifar_resnet", tuple(stages), width, "basic", classes)
-    elif vgg:
-        idx = sorted(int(m["idx"]) for m in vgg)
-        stages = [1]
-        for a, b in zip(idx, idx[1:]):
-            if b == a + 1:
-                stages[-1] += 1
-            elif b == a + 2:
-                stages.append(1)
-            else:
-                raise EttError(
-                    f"{where}: VGG layers jump from {a} to {b}; one pool position (no keys) is allowed between stages"
-                )
-        if idx[0] != 0:
-            raise EttError(f"{where}: VGG layers must start at layers.0, found layers.{idx[0]}")
-        width = shape("layers.0.conv.weight")[0]
-        classes = shape("fc.weight")[0]
-        spec = ArchSpec("cifar_vgg", tuple(stages), width, "conv", classes)
+    pattern = UNITS.get() or units
+    if pattern:
+        spec = FAMILIES["units"].infer_with(pattern, shapes, where)
     else:
-        sample = ", ".join(f"'{n}'" for n in sorted(names)[:3]) or "no tensors"
-        raise EttError(f"{where}: parameter names match no known family: {_EXPECTED}; found {sample}")
+        ranked = recognise(shapes)
+        if not ranked or ranked[0][0] <= 0:
+            raise EttError(_no_family(shapes, where))
+        spec = ranked[0][1].infer(shapes, where)
     check_tensors(spec, shapes, where)
     return spec
 
 
-def _refuse_variants(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
-    """Name torchvision's ResNet variants that share the plain layout's keys but not its shapes."""
-    if spec.block != "bottleneck":
-        return
-    mid = spec.width
-    conv2 = tuple(shapes.get("layer1.0.conv2.weight", ()))
-    if len(conv2) == 4 and conv2[1] != conv2[0]:
-        groups = conv2[0] // conv2[1] if conv2[1] else 0
-        raise EttError(
-            f"{where}: unsupported variant: grouped convolutions ('layer1.0.conv2.weight' has shape {list(conv2)}, "
-            f"{groups} groups, as in ResNeXt); ett supports plain ResNets (torchvision resnet18 to resnet152)"
-        )
-    conv1 = tuple(shapes.get("layer1.0.conv1.weight", ()))
-    if conv1 and conv1[0] != mid:
-        raise EttError(
-            f"{where}: unsupported variant: widened bottlenecks ('layer1.0.conv1.weight' has {conv1[0]} output "
-            f"channels where a plain ResNet of stem width {spec.width} has {mid}, as in Wide ResNet); ett "
-            "supports plain ResNets (torchvision resnet18 to resnet152)"
-        )
+def _no_family(shapes: Mapping[str, tuple[int, ...]], where: str) -> str:
+    """One line: the families tried, the closest with what it lacks, a --units pattern to try, what was found."""
+    sample = ", ".join(f"'{n}'" for n in sorted(shapes)[:3]) or "no tensors"
+    tried = ", ".join(n for n in FAMILIES if n != "units")
+    close = []
+    for family in FAMILIES.values():
+        have, lack = family.closeness(shapes)
+        if have:
+            close.append((len(have) / (len(have) + len(lack)), -len(close), family.name, have, lack))
+    closest = ""
+    if close:
+        _, _, name, have, lack = max(close)
+        closest = f"; closest: {name}, which has {', '.join(have)} but no {', '.join(lack)}"
+    guess = guess_units(shapes)
+    hint = (
+        f"; if '{guess}' are its repeated units, pass --units '{guess}'"
+        if guess
+        else "; name the repeated units with --units PATTERN"
+    )
+    return (
+        f"{where}: parameter names match no known family (tried {tried}){closest}{hint}; {expected_keys()}; "
+        f"found {sample}"
+    )
+
+
+_NUMBERED = re.compile(r"^(?P<pre>(?:[^.]+\.)*?[^.]+)\.(?P<a>\d+)\.(?:(?P<b>\d+)\.)?")
+
+
+def guess_units(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """The unit pattern most names share (``blocks.{i}``, ``stages.{s}.blocks.{b}``), or None."""
+    counts: dict[str, int] = {}
+    for name in shapes:
+        m = _NUMBERED.match(name)
+        if m:
+            pattern = f"{m['pre']}.{{s}}.{{b}}" if m["b"] is not None else f"{m['pre']}.{{i}}"
+            counts[pattern] = counts.get(pattern, 0) + 1
+    if not counts:
+        return None
+    return max(counts.items(), key=lambda kv: (kv[1], -len(kv[0])))[0]
 
 
 def check_tensors(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
@@ -548,3 +587,6 @@ def check_tensors(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], where: 
     extra = [n for n in shapes if n not in expected]
     if extra:
         raise EttError(f"{where}: unexpected tensor '{extra[0]}' for {spec.name} ({len(extra)} unexpected in all)")
+
+
+import ettcli.families  # noqa: E402,F401  (registers the built-in families)

@@ -122,7 +122,7 @@ def imp(
         )
     family = FAMILY_DEFAULTS.lookup(dense.arch.family)
     rewind = str(parse_step(spec.rewind)) if spec.rewind else str(family.rewind)
-    exclude = tuple(spec.exclude) if spec.exclude is not None else family.imp_exclude
+    exclude = tuple(spec.exclude) if spec.exclude is not None else dense.arch.fam.left_dense(dense.arch)
     prunable = dense.prunable()
     for name in exclude:
         if name not in prunable:

@@ -199,18 +199,15 @@ def open_lth_init(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-_BUILDERS = {"cifar_resnet": CifarResNet, "cifar_vgg": CifarVGG, "imagenet_resnet": ImageNetResNet}
-
-
 def build_model(spec: ArchSpec, seed: int | None = 0, init: bool = True) -> nn.Module:
-    """A model of ``spec`` with open_lth's initialisation (seeded), keys exactly ``spec.tensors``."""
-    if spec.family not in _BUILDERS:
-        raise EttError(f"no model can be built for family '{spec.family}'")
+    """A model of ``spec`` (its family's :meth:`~ettcli.arch.Family.build`) initialised by its family (open_lth's
+    scheme unless the family says otherwise), seeded; keys exactly ``spec.tensors``."""
+    family = spec.fam
     if seed is not None:
         torch.manual_seed(seed)
-    model = _BUILDERS[spec.family](spec)
+    model = family.build(spec)
     if init:
-        open_lth_init(model)
+        family.init(model)
     if spec.prefix:
         if spec.prefix != "model.":
             raise EttError(f"no model can be built with key prefix '{spec.prefix}'")

@@ -52,7 +52,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from ettcli.arch import _NAME, ArchSpec, parse_arch, parse_stages
+from ettcli.arch import ArchSpec, parse_arch, parse_stages, states_width
 from ettcli.errors import EttError, warn
 from ettcli.registry import Registry
 
@@ -84,6 +84,13 @@ def _append(n: int, m: int) -> list[int]:
     return [i + 1 for r in range(max(copies, default=0)) for i, c in enumerate(copies) if c > r]
 
 
+def _middle(n: int, m: int) -> list[int]:
+    """The last unit kept once at the end, the units between replicated in place (interpolated)."""
+    if n < 2 or m == n:
+        return _interpolate(n, m)
+    return [*_interpolate(n - 1, m - 1), n]
+
+
 def _interleave(n: int, m: int) -> list[int]:
     if m == 0:
         return []
@@ -112,7 +119,22 @@ def register_preset(preset: Preset) -> Preset:
 register_preset(
     Preset("interpolate", "stretch", "each unit's copies right after it (B1 B1 B2 B2)", _interpolate, default=True)
 )
-register_preset(Preset("append", "stretch", "all first copies, then all second copies (B1 B2 B1 B2)", _append))
+register_preset(
+    Preset(
+        "append",
+        "stretch",
+        "all first copies, then all second copies (B1 B2 B1 B2; progressive stacking)",
+        _append,
+    )
+)
+register_preset(
+    Preset(
+        "middle",
+        "stretch",
+        "keep the first and the last unit once, replicate the ones between in place (B1 B1 B2 B2 B3)",
+        _middle,
+    )
+)
 register_preset(
     Preset(
         "interleave",
@@ -122,7 +144,9 @@ register_preset(
         default=True,
     )
 )
-register_preset(Preset("tail", "squeeze", "keep the first units, drop the last ones", _tail))
+register_preset(
+    Preset("tail", "squeeze", "keep the first units, drop the last ones (a Transformer's top layers)", _tail)
+)
 register_preset(Preset("head", "squeeze", "keep the last units, drop the first ones (known to hurt)", _head))
 
 
@@ -328,8 +352,7 @@ def _parse_stage(part: str, s: int, source: ArchSpec, target: ArchSpec) -> tuple
 
 def _first_unit(spec: ArchSpec, s: int) -> str:
     """How messages name unit 0 of stage ``s``: downsampling only where it is."""
-    word = spec.unit_word
-    return f"the stage's first, downsampling {word}" if spec.has_shortcut(s, 0) else f"the stage's first {word}"
+    return spec.fam.first_unit(spec, s)
 
 
 def _check_shapes(source: ArchSpec, target: ArchSpec, s: int, i: int, j: int, token: str) -> None:
@@ -364,7 +387,7 @@ def build_plan(source: ArchSpec, target: ArchSpec, preset: str) -> Plan:
                 f"stage {s + 1}: {source.name} has only {source.unit_word} 0 in this stage, so there is no "
                 f"{source.unit_word} to replicate into {m} more position{'s' if m > 1 else ''}"
             )
-        fill.append((0, *p.normal_fill(n, m)))
+        fill.append(source.fam.adjust_fill(source, target, s, (0, *p.normal_fill(n, m))))
     return Plan(source, target, tuple(fill), preset=preset)
 
 
@@ -420,8 +443,7 @@ def resolve_target(source: ArchSpec, to: str | ArchSpec | None = None, stages: s
         explicit_width = True
     else:
         target = parse_arch(to, like=source)
-        m = _NAME.match(to.strip().lower())
-        explicit_width = bool(m and m["width"])
+        explicit_width = states_width(to)
     if target.family != source.family:
         raise EttError(
             f"cannot transform {source.name} (family {source.family}) into {target.name} (family "
@@ -491,7 +513,9 @@ def make_plan(
 
 
 def _warn_if_surprising(plan: Plan) -> None:
-    """Accepted but probably not meant: an identity copy, or a stretch that drops units."""
+    """Accepted but probably not meant: an identity copy, a stretch that drops units, or what the family warns of."""
+    for message in plan.source.fam.plan_warnings(plan):
+        warn(message)
     if plan.target.stages == plan.source.stages and all(row == tuple(range(len(row))) for row in plan.fill):
         warn(
             f"the target {plan.target.name} is the source's own depth: the output is a copy of the ticket "

@@ -787,9 +787,7 @@ def pruned_tensors(
     """The prunable tensors to prune, in network order, and those left dense."""
     prunable = ticket.prunable()
     if exclude is None:
-        from ettcli.recipe import FAMILY_DEFAULTS
-
-        default = FAMILY_DEFAULTS.lookup(ticket.arch.family).imp_exclude  # open_lth's pruning_layers_to_ignore
+        default = ticket.arch.fam.left_dense(ticket.arch)  # e.g. open_lth's pruning_layers_to_ignore
         # a tensor REF prunes is pruned here too, whatever the family's default
         dense = [n for n in default if n in prunable and (ref is None or ref.mask(n).kept == ref.mask(n).numel)]
     else:

@@ -124,10 +124,17 @@ class FamilyDefaults:
     imp_exclude: tuple[str, ...] = ()  # prunable tensors IMP leaves dense (open_lth's pruning_layers_to_ignore)
 
 
-FAMILY_DEFAULTS: Registry[FamilyDefaults] = Registry("family")
-FAMILY_DEFAULTS.register("cifar_resnet", FamilyDefaults("cifar10", Step(0, 1000)))
-FAMILY_DEFAULTS.register("cifar_vgg", FamilyDefaults("cifar10", Step(0, 200), ("fc.weight",)))
-FAMILY_DEFAULTS.register("imagenet_resnet", FamilyDefaults("imagenet", Step(5, 0)))
+class _FamilyDefaults:
+    """Each registered family's defaults (``dataset``, ``rewind``, ``imp_exclude`` of its plug-in)."""
+
+    def lookup(self, name: str) -> FamilyDefaults:
+        from ettcli.arch import FAMILIES
+
+        family = FAMILIES.lookup(name)
+        return FamilyDefaults(family.dataset, parse_step(family.rewind), tuple(family.imp_exclude))
+
+
+FAMILY_DEFAULTS = _FamilyDefaults()
 
 
 def recipe_for(dataset: str) -> Recipe:

@@ -170,6 +170,7 @@ class Ticket:
         meta = dict(self.metadata)
         meta.update({k.replace("__", "."): str(v) for k, v in metadata.items()})
         meta.update({"ett.format": FORMAT_VERSION, "ett.arch": self.arch.name, "ett.version": __version__})
+        meta.update(self.arch.fam.ticket_metadata(self.arch))
         write_file(path, self.entries(), meta)
         return path
 
@@ -336,7 +337,7 @@ def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | N
 
 
 def _finish(tensors, masks, metadata, where, path) -> Ticket:
-    spec = infer_arch({k: v.shape for k, v in tensors.items()}, where)
+    spec = infer_arch({k: v.shape for k, v in tensors.items()}, where, units=metadata.get("ett.units"))
     _check_masks(spec, tensors, masks, where)
     integer = [n for n, t in spec.tensors.items() if t.prunable and tensors[n].dtype not in FLOAT_DTYPES]
     if integer:

@@ -256,7 +256,7 @@ def test_mixed_direction_with_mapping_is_allowed():
 
 
 def test_registry_is_the_source_of_choices_and_help():
-    assert list(presets_for("stretch")) == ["interpolate", "append"]
+    assert list(presets_for("stretch")) == ["interpolate", "append", "middle"]
     assert list(presets_for("squeeze")) == ["interleave", "tail", "head"]
     for name, p in PRESETS.items():
         assert name in preset_help(p.verb) and p.help in preset_help(p.verb)
@@ -285,3 +285,16 @@ def test_the_plan_carries_its_verb():
     from ettcli.transform import apply_plan
 
     assert apply_plan(labelled_ticket(r20.with_stages((3, 3, 3))), mixed).metadata["ett.transform"] == "transform"
+
+
+@pytest.mark.parametrize(
+    ("src", "to", "mapping"),
+    [
+        ("cifar_resnet_20", "resnet-32", "0:0;1:1,2,3;2:4"),  # 1 1 1 | 2: the last unit once, at the end
+        ("cifar_resnet_32", "resnet-56", "0:0;1:1,2,3;2:4,5;3:6,7;4:8"),
+        ("cifar_resnet_14", "resnet-20", "0:0;1:1,2"),  # one unit after unit 0: interpolate
+        ("cifar_resnet_20", "resnet-20", "0:0;1:1;2:2"),
+    ],
+)
+def test_middle_keeps_the_last_unit_once_and_replicates_the_ones_between(src, to, mapping):
+    assert make_plan(parse_arch(src), to, order="middle").mapping == mapping

@@ -258,3 +258,9 @@ class EttTyper(typer.Typer):
 
     def command(self, name=None, *, cls=None, **kwargs):
         return super().command(name, cls=cls or EttCommand, **kwargs)
+
+
+UNITS_HELP = (
+    "Name the repeated units of a network ett does not know, e.g. 'encoder.block.{i}' ({i}: unit index) or "
+    "'stages.{s}.blocks.{b}' (stage and unit); everything else is stem or head, copied unchanged."
+)

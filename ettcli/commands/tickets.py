@@ -8,10 +8,10 @@ from pathlib import Path
 import typer
 
 from ettcli.arch import names_help
-from ettcli.commands.common import command_line, handle_errors, stdout_console
+from ettcli.commands.common import UNITS_HELP, command_line, handle_errors, stdout_console
 from ettcli.errors import EttError, final_output
 
-_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "relative_position_index", "relative_coords_table")
 METADATA_SHOWN = 200  # characters of a metadata key or value that the table shows
 
 INSPECT_JSON_HELP = (
@@ -161,11 +161,14 @@ def inspect(
     path: Path = typer.Argument(..., help="A ticket (.safetensors, .pt/.pth) or an open_lth level folder."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fields below)."),
     rewind_step: str = typer.Option(None, "--rewind-step", metavar="STEP", help=REWIND_HELP),
+    unit_pattern: str = typer.Option(None, "--units", metavar="PATTERN", help=UNITS_HELP),
 ) -> None:
     """Show a ticket's architecture, stages and units, and its per-tensor and global sparsity."""
+    from ettcli.arch import units
     from ettcli.ticket import read_ticket
 
-    ticket = read_ticket(path, rewind_step)
+    with units(unit_pattern):
+        ticket = read_ticket(path, rewind_step)
     info = summarize(ticket, str(path))
     if as_json:
         typer.echo(json.dumps(info))
@@ -190,6 +193,7 @@ def convert(
     masks_from_zeros: bool = typer.Option(
         False, "--masks-from-zeros", help="Mask out the exact zeros of prunable tensors (e.g. after prune.remove)."
     ),
+    unit_pattern: str = typer.Option(None, "--units", metavar="PATTERN", help=UNITS_HELP),
 ) -> None:
     """Convert a ticket in any supported layout into an ett ticket (or an open_lth level folder)."""
     from ettcli.ticket import output_format, read_ticket
@@ -198,7 +202,10 @@ def convert(
         raise EttError("--force replaces the files of an open_lth level folder; it needs --open-lth")
     if not open_lth:
         output_format(out)  # refuse an unknown suffix before reading the source
-    ticket = read_ticket(src, rewind_step)
+    from ettcli.arch import units
+
+    with units(unit_pattern):
+        ticket = read_ticket(src, rewind_step)
     if masks_from_zeros:
         ticket = ticket.masks_from_zeros()
     if open_lth:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ettcli.commands.common import command_line, handle_errors
+from ettcli.commands.common import UNITS_HELP, command_line, handle_errors
 from ettcli.errors import EttError, final_output
 from ettcli.plan import default_preset, preset_help, presets_for
 
@@ -96,12 +96,14 @@ def _plan_lines(plan) -> list[str]:
     return lines
 
 
-def _plan(src, to, stages, order, drop, mapping, verb):
+def _plan(src, to, stages, order, drop, mapping, verb, unit_pattern=None):
     """Read the source ticket and make the plan (the verb, where given, restricts the direction)."""
+    from ettcli.arch import units
     from ettcli.plan import make_plan
     from ettcli.ticket import read_ticket
 
-    ticket = read_ticket(src)
+    with units(unit_pattern):
+        ticket = read_ticket(src)
     plan = make_plan(
         ticket.arch,
         to,
@@ -114,7 +116,7 @@ def _plan(src, to, stages, order, drop, mapping, verb):
     return ticket, plan
 
 
-def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out) -> None:
+def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out, unit_pattern=None) -> None:
     from ettcli.transform import apply_plan, default_output, predict_sparsity, save_transformed, source_report
 
     option = "--order" if verb == "stretch" else "--drop"
@@ -131,6 +133,7 @@ def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out) -> Non
         Drop(preset) if verb == "squeeze" and preset else None,
         mapping,
         verb,
+        unit_pattern,
     )
     out = out or default_output(src, plan.target)
     target = apply_plan(ticket, plan, random_copies, hash_source=False)
@@ -162,11 +165,12 @@ def plan(
     drop: Drop = typer.Option(None, "--drop", help=f"Squeeze preset. {preset_help('squeeze')}."),
     mapping: str = typer.Option(None, "--mapping", metavar="MAPPING", help=MAPPING_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fields below)."),
+    unit_pattern: str = typer.Option(None, "--units", metavar="PATTERN", help=UNITS_HELP),
 ) -> None:
     """Show which source unit fills which target position, the mapping, and the predicted sparsity."""
     from ettcli.transform import predict_sparsity, source_report
 
-    ticket, p = _plan(src, to, stages, order, drop, mapping, None)
+    ticket, p = _plan(src, to, stages, order, drop, mapping, None, unit_pattern)
     src_report, dst_report = source_report(ticket), predict_sparsity(ticket, p)
     if as_json:
         typer.echo(json.dumps(_plan_info(p, src_report, dst_report)))
@@ -185,9 +189,10 @@ def stretch(
     mapping: str = typer.Option(None, "--mapping", metavar="MAPPING", help=MAPPING_HELP),
     random_copies: int = typer.Option(None, "--random-copies", metavar="SEED", help=RANDOM_HELP),
     out: Path = typer.Option(None, "-o", "--out", help=OUT_HELP),
+    unit_pattern: str = typer.Option(None, "--units", metavar="PATTERN", help=UNITS_HELP),
 ) -> None:
     """Write a deeper ticket of the same family by replicating units (stem, head, unit 0 kept)."""
-    _run("stretch", src, to, stages, order, mapping, random_copies, out)
+    _run("stretch", src, to, stages, order, mapping, random_copies, out, unit_pattern)
 
 
 @handle_errors
@@ -199,9 +204,10 @@ def squeeze(
     mapping: str = typer.Option(None, "--mapping", metavar="MAPPING", help=MAPPING_HELP),
     random_copies: int = typer.Option(None, "--random-copies", metavar="SEED", help=RANDOM_HELP),
     out: Path = typer.Option(None, "-o", "--out", help=OUT_HELP),
+    unit_pattern: str = typer.Option(None, "--units", metavar="PATTERN", help=UNITS_HELP),
 ) -> None:
     """Write a shallower ticket of the same family by dropping units (stem, head, unit 0 kept)."""
-    _run("squeeze", src, to, stages, drop, mapping, random_copies, out)
+    _run("squeeze", src, to, stages, drop, mapping, random_copies, out, unit_pattern)
 
 
 def register(app: typer.Typer) -> None:

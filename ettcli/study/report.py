@@ -76,7 +76,9 @@ def study_info(folder: str | Path) -> dict:
 
 def short(arch: str) -> str:
     """``cifar_resnet_14_4`` -> ``14``: the depth, for labels; anything else unchanged."""
-    m = re.match(r"^(?:cifar_resnet|imagenet_resnet|cifar_vgg)_(\d+)(?:_\w+)?$", arch)
+    from ettcli.arch import FAMILIES
+
+    m = re.match(rf"^(?:{'|'.join(map(re.escape, FAMILIES))})_(\d+)(?:_\w+)?$", arch)
     return m[1] if m else arch
 
 
