@@ -27,6 +27,7 @@ class TimmViT(PatternFamily):
     unit = "block"
     default_width = 768
     default_block = "vit"
+    depth_rule = "the number of blocks"
     pattern = "blocks.{i}"
     head_keys = r"^(norm|fc_norm|head|head_dist|attn_pool)\."
     library_name = "timm VisionTransformer or DeiT"
