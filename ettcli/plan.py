@@ -13,7 +13,9 @@ Grammar (docs/plans.md)::
 
 A source unit that is not listed is dropped; one listed with several positions is replicated. A valid plan
 fills every target position exactly once, sends unit 0 of every stage (the stage's first unit) to position 0
-and nowhere else, keeps indices in range, and copies only tensors of equal shapes.
+and nowhere else, keeps indices in range, and copies only tensors of equal shapes. A family whose unit 0 is not
+fixed (:meth:`~ettcli.arch.Family.is_fixed`, e.g. ConvNeXt, whose downsampling sits outside the blocks) frees
+it: it may be replicated, moved or dropped, and the presets spread all the units of such a stage.
 
 Presets (the registry :data:`PRESETS` is the single source of the CLI's choices and help): with ``n`` normal
 units (all but unit 0) in a source stage and ``m`` in the target,
@@ -201,7 +203,7 @@ class Plan:
             for j, i in enumerate(row):
                 if not 0 <= i < src.stages[s]:
                     raise EttError(f"stage {s + 1}: source unit {i} is out of range 0..{src.stages[s] - 1}")
-                if (i == 0) != (j == 0):
+                if (i == 0) != (j == 0) and src.is_fixed(s, 0):
                     raise EttError(f"stage {s + 1}: unit 0 must map to position 0 and only there (found {i}:{j})")
                 _check_shapes(src, dst, s, i, j, f"{i}:{j}")
 
@@ -296,6 +298,7 @@ def _parse_stage(part: str, s: int, source: ArchSpec, target: ArchSpec) -> tuple
     where = f"stage {s + 1}"
     n_src, n_dst = source.stages[s], target.stages[s]
     word = source.unit_word
+    fixed = source.is_fixed(s, 0)  # unit 0 stays at position 0 (a family may free it)
     part = part.replace(" ", "")
     if not part:
         raise EttError(f"{where}: the stage mapping is empty; it needs at least '0:0'")
@@ -332,14 +335,14 @@ def _parse_stage(part: str, s: int, source: ArchSpec, target: ArchSpec) -> tuple
                     f"{where}, token '{token}': target position {j} is filled twice (also by {word} {other} in "
                     f"'{other_token}'); every position takes exactly one {word}"
                 )
-            if (i == 0) != (j == 0):
+            if (i == 0) != (j == 0) and fixed:
                 raise EttError(
                     f"{where}, token '{token}': {word} 0 ({_first_unit(source, s)}) must map to position 0 "
                     "and only there"
                 )
             filled[j] = (i, token)
             _check_shapes(source, target, s, i, j, token)
-    if 0 not in listed:
+    if 0 not in listed and fixed:
         raise EttError(f"{where}: {word} 0 is not mapped; it must map to position 0 ('0:0')")
     empty = [j for j in range(n_dst) if j not in filled]
     if empty:
@@ -381,6 +384,9 @@ def build_plan(source: ArchSpec, target: ArchSpec, preset: str) -> Plan:
     check_direction(source, target, p.verb)
     fill = []
     for s, (a, b) in enumerate(zip(source.stages, target.stages)):
+        if not source.is_fixed(s, 0):  # no unit held in place: the preset spreads all of them
+            fill.append(source.fam.adjust_fill(source, target, s, tuple(u - 1 for u in p.normal_fill(a, b))))
+            continue
         n, m = a - 1, b - 1
         if n == 0 and m > 0:
             raise EttError(

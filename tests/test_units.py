@@ -169,12 +169,13 @@ def test_bad_unit_patterns_are_refused(cli, tmp_path, pattern, fragment):
 
 
 def test_a_network_of_no_known_family_gets_what_was_recognised(cli, tmp_path):
-    """A timm-style ViT (blocks.{i}.attn.qkv) is not mistaken for a CIFAR ResNet's blocks.{i}."""
+    """A ViT-style network (blocks.{i}.attn.qkv, but no timm patch embedding) is not mistaken for a CIFAR
+    ResNet's blocks.{i}."""
     d = 8
     sd = {
         "cls_token": np.zeros((1, 1, d), np.float32),
         "pos_embed": np.zeros((1, 5, d), np.float32),
-        "patch_embed.proj.weight": np.zeros((d, 3, 4, 4), np.float32),
+        "embed.proj.weight": np.zeros((d, 3, 4, 4), np.float32),
         "norm.weight": np.ones(d, np.float32),
         "head.weight": np.zeros((10, d), np.float32),
     }

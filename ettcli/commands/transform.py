@@ -85,7 +85,7 @@ def _plan_lines(plan) -> list[str]:
             else:
                 where = ", ".join(map(str, dst))
                 note = f"replicated x{len(dst)}" if len(dst) > 1 else ""
-                if i == 0:
+                if i == 0 and plan.source.is_fixed(s, 0):
                     note = "kept (first unit)"
             lines.append(f"  {word} {i:<3} -> {where:<24} {note}".rstrip())
         rep, drop = plan.replicated(s), plan.dropped(s)
