@@ -2,9 +2,13 @@
 
     .venv/bin/python bench/transform_speed.py [--repeats 7]
 
-Two transfers, tickets made at benchmark time in a temporary folder (open_lth init, random masks at 73.79%):
-  * cifar_resnet_20 -> cifar_resnet_56 (1.3 MiB in, 4.3 MiB out)
-  * imagenet_resnet_26 -> imagenet_resnet_34, 1000 classes (about 100 MB in)
+Three transfers, tickets made at benchmark time in a temporary folder (random masks at 73.79%):
+  * cifar_resnet_20 -> cifar_resnet_56 (open_lth init; 1.3 MiB in, 4.3 MiB out)
+  * imagenet_resnet_26 -> imagenet_resnet_34, 1000 classes (open_lth init; about 100 MB in)
+  * a BERT-base-shaped ticket (Hugging Face BertForSequenceClassification names: 12 layers, hidden 768,
+    vocabulary 30,522; random weights, masks on the layers' weight matrices) -> 24 layers (about 500 MB in)
+
+``--case bert`` (or ``cifar``, ``imagenet``) runs one of them.
 
 Each command runs in a fresh interpreter, as a user would run it:
   * bare remap: ``safetensors.numpy.load_file``, rename (and duplicate) keys by the same plan, ``save_file``;
@@ -27,7 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-CASES = [("cifar_resnet_20", "resnet-56", 10), ("imagenet_resnet_26", "resnet-34", 1000)]
+CASES = {
+    "cifar": ("cifar_resnet_20", "resnet-56", 10),
+    "imagenet": ("imagenet_resnet_26", "resnet-34", 1000),
+    "bert": ("bert_base", "bert-24", 2),
+}
 SPARSITY = 0.7379
 
 REMAP = """
@@ -39,7 +47,55 @@ save_file({new: tensors[old] for new, old in pairs}, dst)
 """
 
 
+def bert_base_arrays(layers: int = 12, hidden: int = 768, vocab: int = 30522, classes: int = 2, seed: int = 0):
+    """A BERT-base-shaped state dict (BertForSequenceClassification's names and shapes), random float32 values."""
+    rng = np.random.default_rng(seed)
+    shapes = {
+        "bert.embeddings.word_embeddings.weight": (vocab, hidden),
+        "bert.embeddings.position_embeddings.weight": (512, hidden),
+        "bert.embeddings.token_type_embeddings.weight": (2, hidden),
+        "bert.embeddings.LayerNorm.weight": (hidden,),
+        "bert.embeddings.LayerNorm.bias": (hidden,),
+    }
+    for i in range(layers):
+        p = f"bert.encoder.layer.{i}."
+        for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+            shapes[p + name + ".weight"], shapes[p + name + ".bias"] = (hidden, hidden), (hidden,)
+        shapes[p + "attention.output.LayerNorm.weight"] = shapes[p + "attention.output.LayerNorm.bias"] = (hidden,)
+        shapes[p + "intermediate.dense.weight"], shapes[p + "intermediate.dense.bias"] = (
+            (4 * hidden, hidden),
+            (4 * hidden,),
+        )
+        shapes[p + "output.dense.weight"], shapes[p + "output.dense.bias"] = (hidden, 4 * hidden), (hidden,)
+        shapes[p + "output.LayerNorm.weight"] = shapes[p + "output.LayerNorm.bias"] = (hidden,)
+    shapes.update(
+        {
+            "bert.pooler.dense.weight": (hidden, hidden),
+            "bert.pooler.dense.bias": (hidden,),
+            "classifier.weight": (classes, hidden),
+            "classifier.bias": (classes,),
+        }
+    )
+    return {name: rng.standard_normal(shape, dtype=np.float32) * 0.02 for name, shape in shapes.items()}
+
+
+def make_bert(path: Path) -> None:
+    """The BERT-base-shaped ticket, masks at SPARSITY on every weight matrix inside the layers."""
+    from ettcli.mask import Mask
+    from ettcli.ticket import Ticket
+
+    arrays = bert_base_arrays()
+    dense = Ticket.from_arrays(arrays)
+    rng = np.random.default_rng(1)
+    units = [n for n in dense.prunable() if dense.arch.tensors[n].role == "unit"]
+    masks = {n: Mask(rng.random(dense.tensors[n].shape, dtype=np.float32) >= SPARSITY) for n in units}
+    dense.with_masks(masks).save(path)
+
+
 def make_ticket(arch: str, classes: int, path: Path) -> None:
+    if arch == "bert_base":
+        make_bert(path)
+        return
     from ettcli.arch import parse_arch
     from ettcli.mask import Mask
     from ettcli.models import init_ticket
@@ -88,6 +144,7 @@ def run_pair(a: list[str], b: list[str], repeats: int) -> tuple[tuple[float, flo
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--case", choices=sorted(CASES), action="append", help="run only these cases (repeatable)")
     ap.add_argument("--make", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make:  # in a child, so that this process stays small
@@ -105,7 +162,7 @@ def main() -> None:
     print(f"{'transfer':52} {'command':10} {'wall s':>7} {'peak MiB':>9} {'wall ratio':>11} {'RSS ratio':>10}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for arch, to, classes in CASES:
+        for arch, to, classes in (CASES[c] for c in args.case or CASES):
             src = tmp / f"{arch}.safetensors"
             subprocess.run([py, __file__, "--make", arch, str(classes), str(src)], check=True)
             pairs_file = tmp / "pairs.json"
