@@ -152,7 +152,7 @@ def _run(
             from ettcli.hf import write_hf_folder
 
             write_hf_folder(target, hf_folder, ticket.path)
-            written.append(f"{hf_folder}/ (model folder)")
+            written.append(f"model folder {hf_folder}")
         if out is not None:
             save_transformed(target, out, ticket.path)
             written.insert(0, str(out))
