@@ -349,7 +349,8 @@ def read_hf_ticket(folder: Path) -> Ticket:
 
     config = read_config(folder)
     meta = {"ett.hf_config": json.dumps(config, separators=(",", ":"), sort_keys=True)}
-    return _assemble(read_tensors(folder), meta, str(folder), folder)
+    # save_pretrained writes the model's own names: a tied LLaMA's are all under 'model.', and stay there
+    return _assemble(read_tensors(folder), meta, str(folder), folder, unwrap=False)
 
 
 def _sniff(path: Path) -> str:
@@ -370,11 +371,12 @@ def _is_zip(path: Path) -> bool:
         return fh.read(4) == b"PK\x03\x04"
 
 
-def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | None) -> Ticket:
-    """Normalise names (prefixes, prune's X_orig/X_mask), split masks from tensors, validate."""
+def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | None, unwrap: bool = True) -> Ticket:
+    """Normalise names (prefixes unless ``unwrap`` is false, prune's X_orig/X_mask), split masks from tensors,
+    validate."""
     tensors: dict[str, Source] = {}
     mask_values: dict[str, object] = {}
-    plain = strip_wrappers(raw, where)
+    plain = strip_wrappers(raw, where) if unwrap else {k: k for k in raw}
     for key, value in raw.items():
         name = plain[key]
         if name.endswith("_mask"):

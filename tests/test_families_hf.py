@@ -28,6 +28,7 @@ from transformers import (  # noqa: E402
 
 import ettcli  # noqa: E402
 from ettcli.errors import EttError  # noqa: E402
+from ettcli.hf import write_hf_folder  # noqa: E402
 from ettcli.plan import make_plan  # noqa: E402
 from ettcli.ticket import Ticket, read_ticket  # noqa: E402
 from ettcli.transform import transform  # noqa: E402
@@ -271,6 +272,28 @@ def test_model_folder_read_then_written_at_a_new_depth_loads_with_from_pretraine
     # the folder is read back as a ticket, and its zeros are the masks again
     back = read_ticket(out).masks_from_zeros()
     assert back.arch.stages == (5,) and 0.0 < back.sparsity() < 1.0
+
+
+def test_tied_llama_folder_keeps_its_names(tmp_path):
+    """A tied LLaMA saves every name under 'model.' (no lm_head): the folder written keeps them, as save_pretrained
+    of the target depth does."""
+    torch.manual_seed(0)
+    config = LlamaConfig(num_hidden_layers=2, vocab_size=100, tie_word_embeddings=True, **SMALL)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "src")
+    t = read_ticket(tmp_path / "src")
+    assert t.arch.unit_prefix(0, 1) == "model.layers.1." and "lm_head.weight" not in t.tensors
+    write_hf_folder(ettcli.stretch(t, "llama-3"), tmp_path / "out", tmp_path / "src")
+    config.num_hidden_layers = 3
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "ref")
+    from safetensors import safe_open
+
+    with (
+        safe_open(tmp_path / "out" / "model.safetensors", "np") as a,
+        safe_open(tmp_path / "ref" / "model.safetensors", "np") as b,
+    ):
+        assert set(a.keys()) == set(b.keys())
+    loaded, info = LlamaForCausalLM.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
 
 
 def test_sharded_model_folder_is_read(tmp_path):
