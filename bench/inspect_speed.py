@@ -1,11 +1,15 @@
-"""How fast `ett inspect` reads a ~100 MB ImageNet ticket, against bare reads measured in the same run.
+"""How fast `ett inspect` reads a ticket, against bare reads measured in the same run.
 
-    .venv/bin/python bench/inspect_speed.py [--repeats 5]
+    .venv/bin/python bench/inspect_speed.py [--repeats 5] [--ticket imagenet|bert]
+
+Tickets: ``imagenet`` a ~100 MB ImageNet ResNet-34 (1000 classes), ``bert`` the ~500 MB BERT-base-shaped
+ticket of bench/transform_speed.py (12 layers, hidden 768; masks on the layers' weight matrices).
 
 References, each in a fresh interpreter like the CLI:
   * python -c pass                          (interpreter start-up)
+  * header read: the 8-byte length and the JSON header, parsed (names, dtypes, shapes, metadata)
   * safetensors.numpy.load_file(path)       (the library reading every tensor)
-Prints wall-time medians, peak RSS, and ett's ratio to the library read.
+Prints wall-time medians, peak RSS, and ett's ratios to the header read and to the library read.
 """
 
 from __future__ import annotations
@@ -21,8 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
+HEADER_READ = (
+    "import json, struct, sys; f = open(sys.argv[1], 'rb'); (n,) = struct.unpack('<Q', f.read(8)); "
+    "h = json.loads(f.read(n)); print(len(h))"
+)
 
-def make_ticket(path: Path) -> int:
+
+def make_ticket(path: Path, kind: str = "imagenet") -> int:
+    if kind == "bert":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from transform_speed import make_bert
+
+        make_bert(path)
+        return path.stat().st_size
     from ettcli.arch import parse_arch
     from ettcli.mask import Mask
     from ettcli.models import init_ticket
@@ -52,18 +67,20 @@ def run(cmd: list[str], repeats: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ticket", choices=("imagenet", "bert"), default="imagenet")
     ap.add_argument("--make", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make:  # in a child, so that this process stays small (a forked child inherits its peak RSS)
-        make_ticket(Path(args.make))
+        make_ticket(Path(args.make), args.ticket)
         return
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "imagenet_resnet_34.safetensors"
-        subprocess.run([py, __file__, "--make", str(path)], check=True)
+        path = Path(tmp) / f"{args.ticket}.safetensors"
+        subprocess.run([py, __file__, "--ticket", args.ticket, "--make", str(path)], check=True)
         size = path.stat().st_size
         rows = [
             ("python -c pass", [py, "-c", "pass"]),
+            ("header read (struct + json)", [py, "-c", HEADER_READ, str(path)]),
             (
                 "safetensors.numpy.load_file",
                 [py, "-c", f"from safetensors.numpy import load_file; load_file({str(path)!r})"],
@@ -73,10 +90,12 @@ def main() -> None:
         ]
         results = {name: run(cmd, args.repeats) for name, cmd in rows}
     ref = results["safetensors.numpy.load_file"][0]
-    print(f"ticket: imagenet_resnet_34, 1000 classes, 73.79% sparse, {size / 2**20:.1f} MiB; median of {args.repeats}")
-    print(f"{'command':32} {'wall s':>8} {'ratio':>6} {'peak MiB':>9}")
+    head = results["header read (struct + json)"][0]
+    what = "imagenet_resnet_34, 1000 classes" if args.ticket == "imagenet" else "BERT-base shape (hf_bert_12)"
+    print(f"ticket: {what}, 73.79% sparse, {size / 2**20:.1f} MiB; median of {args.repeats}")
+    print(f"{'command':32} {'wall s':>8} {'/header':>8} {'/load_file':>10} {'peak MiB':>9}")
     for name, (wall, peak) in results.items():
-        print(f"{name:32} {wall:8.3f} {wall / ref:6.2f} {peak:9.0f}")
+        print(f"{name:32} {wall:8.3f} {wall / head:8.2f} {wall / ref:10.2f} {peak:9.0f}")
 
 
 if __name__ == "__main__":

@@ -456,6 +456,7 @@ def parse_stages(text: str) -> tuple[int, ...]:
 
 # --- wrapper prefixes ------------------------------------------------------------------------------------
 WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.")  # Lightning / open_lth, DDP, torch.compile
+ONLY_WRAPPERS = ("module.", "_orig_mod.")  # never a submodule's name ("model." is one in transformers' task models)
 
 
 def strip_wrappers(names: Iterable[str], where: str = "ticket") -> dict[str, str]:
@@ -463,7 +464,8 @@ def strip_wrappers(names: Iterable[str], where: str = "ticket") -> dict[str, str
 
     Wrappers nest (``module._orig_mod.conv.weight``: DDP around a compiled model), so prefixes are removed
     one at a time for as long as all names carry the same one. A wrapper prefix on only some names is
-    refused: a ticket is one model's state_dict.
+    refused: a ticket is one model's state_dict. ``model.`` on some names only is a submodule's name (a
+    transformers task model: ``model.layers.{i}`` beside ``lm_head``) and is kept.
     """
     names = list(names)
     plain = names
@@ -472,10 +474,10 @@ def strip_wrappers(names: Iterable[str], where: str = "ticket") -> dict[str, str
         if shared is None:
             break
         plain = [n[len(shared) :] for n in plain]
-    wrapped = [(o, n) for o, n in zip(names, plain) if n.startswith(WRAPPER_PREFIXES)]
+    wrapped = [(o, n) for o, n in zip(names, plain) if n.startswith(ONLY_WRAPPERS)]
     if wrapped:
         original, name = wrapped[0]
-        prefix = next(p for p in WRAPPER_PREFIXES if name.startswith(p))
+        prefix = next(p for p in ONLY_WRAPPERS if name.startswith(p))
         other = next(o for o, n in zip(names, plain) if not n.startswith(prefix))
         raise EttError(
             f"{where}: '{original}' has the wrapper prefix '{prefix}' but '{other}' does not; save the state_dict "

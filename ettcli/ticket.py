@@ -263,15 +263,68 @@ def _info(name: str, src: Source):
 
 
 # --- reading ---------------------------------------------------------------------------------------------
-def read_ticket(path: str | Path, rewind_step: str | None = None) -> Ticket:
+def read_ticket(path: str | Path, rewind_step: str | None = None, masks: str | Path | None = None) -> Ticket:
     """Read any supported ticket layout (see the module docstring) and validate it against its architecture.
 
     Files are recognised by their content (a torch zip or pickle, or safetensors), whatever their suffix.
-    ``rewind_step`` picks the model file of an open_lth level folder (see :func:`read_open_lth`).
+    ``rewind_step`` picks the model file of an open_lth level folder (see :func:`read_open_lth`). ``masks``
+    names a masks-only file beside the weights (see :func:`read_masks_file`).
+    """
+    ticket = _read_ticket(Path(path), rewind_step)
+    if masks is not None:
+        ticket = ticket.with_masks(read_masks_file(masks, ticket))
+    return ticket
+
+
+def read_masks_file(path: str | Path, ticket: Ticket) -> dict[str, Mask]:
+    """The masks of a masks-only file for ``ticket``'s tensors: a torch file (read with ``weights_only=True``)
+    or a safetensors file of 0/1 or bool tensors named ``X_mask`` (as BERT-Tickets' ``mask.pt``) or ``X``.
+
+    Names may carry a wrapper prefix that the weights did not (or the other way round). A ticket that
+    already has masks is refused: one ticket, one set of masks.
     """
     path = Path(path)
+    where = f"--masks {path}"
+    if ticket.masks:
+        raise EttError(f"{where}: the ticket already has masks ({len(ticket.masks)} tensors); give masks once")
+    if not path.is_file():
+        raise EttError(f"{where}: no such file; check the path")
+    if _sniff(path) == "safetensors":
+        header = read_header(path)
+        raw = {n: read_array(path, info) for n, info in header.tensors.items()}
+    else:
+        raw = {k: _to_numpy(v) for k, v in _torch_load(path).items()}
+    plain = strip_wrappers(raw, where)
+    known = set(ticket.tensors)
+    out: dict[str, Mask] = {}
+    for key, values in raw.items():
+        name = next(
+            (n for n in (key, plain[key], key[: -len("_mask")], plain[key][: -len("_mask")]) if n in known),
+            None,
+        )
+        if name is None:
+            base = plain[key][: -len("_mask")] if plain[key].endswith("_mask") else plain[key]
+            near = [n for n in known if n.endswith("." + base) or base.endswith("." + n)]
+            name = near[0] if len(near) == 1 else None
+        if name is None:
+            raise EttError(f"{where}: mask '{key}' names no tensor of the ticket ({ticket.arch.name}); check the file")
+        if name in out:
+            raise EttError(f"{where}: two masks for '{name}'; keep one")
+        out[name] = Mask.from_values(np.asarray(values), key, where)
+    return out
+
+
+def _read_ticket(path: Path, rewind_step: str | None) -> Ticket:
     if not path.exists():
         raise EttError(f"{path}: no such file or folder; check the path")
+    from ettcli.hf import is_hf_folder
+
+    if is_hf_folder(path):
+        if rewind_step is not None:
+            raise EttError(
+                f"{path}: a rewind step picks a model file of an open_lth level folder; this is a model folder"
+            )
+        return read_hf_ticket(path)
     if path.is_dir():
         from ettcli.open_lth import read_open_lth
 
@@ -285,6 +338,19 @@ def read_ticket(path: str | Path, rewind_step: str | None = None) -> Ticket:
     header = read_header(path)
     raw = {name: Source.of_file(path, info) for name, info in header.tensors.items()}
     return _assemble(raw, header.metadata, str(path), path)
+
+
+def read_hf_ticket(folder: Path) -> Ticket:
+    """A Hugging Face model folder (config.json + safetensors weights) as a dense ticket; its config is kept
+    as ``ett.hf_config`` metadata (see :mod:`ettcli.hf`)."""
+    import json
+
+    from ettcli.hf import read_config, read_tensors
+
+    config = read_config(folder)
+    meta = {"ett.hf_config": json.dumps(config, separators=(",", ":"), sort_keys=True)}
+    # save_pretrained writes the model's own names: a tied LLaMA's are all under 'model.', and stay there
+    return _assemble(read_tensors(folder), meta, str(folder), folder, unwrap=False)
 
 
 def _sniff(path: Path) -> str:
@@ -305,11 +371,12 @@ def _is_zip(path: Path) -> bool:
         return fh.read(4) == b"PK\x03\x04"
 
 
-def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | None) -> Ticket:
-    """Normalise names (prefixes, prune's X_orig/X_mask), split masks from tensors, validate."""
+def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | None, unwrap: bool = True) -> Ticket:
+    """Normalise names (prefixes unless ``unwrap`` is false, prune's X_orig/X_mask), split masks from tensors,
+    validate."""
     tensors: dict[str, Source] = {}
     mask_values: dict[str, object] = {}
-    plain = strip_wrappers(raw, where)
+    plain = strip_wrappers(raw, where) if unwrap else {k: k for k in raw}
     for key, value in raw.items():
         name = plain[key]
         if name.endswith("_mask"):
@@ -328,7 +395,7 @@ def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | N
         for name, src in mask_values.items():
             if name not in tensors:
                 raise EttError(f"{where}: mask '{name}_mask' has no tensor '{name}'; add the tensor or drop the mask")
-            values = src.array if src.array is not None else read_array(path, _info(name + "_mask", src), handle)
+            values = src.array if src.array is not None else read_array(src.path, _info(name + "_mask", src), handle)
             masks[name] = Mask.from_values(values, name + "_mask", where)
     finally:
         if handle:

@@ -101,3 +101,40 @@ def test_a_signal_after_the_output_is_in_place_is_not_a_failure(tmp_path, ticket
     r = _run(tmp_path, ["convert", src, "--open-lth", "-o", tmp_path / "level"], "replace")
     assert r.returncode == 0 and "it is kept" in r.stderr, r.stderr
     assert sorted(p.name for p in (tmp_path / "level").iterdir()) == ["hparams.log", "mask.pth", "model_ep0_it0.pth"]
+
+
+def _bert_folder(folder, layers: int = 2, hidden: int = 8):
+    """A Hugging Face model folder with a BERT's names and shapes (config.json + model.safetensors), numpy only."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    shapes = {"bert.embeddings.word_embeddings.weight": (50, hidden), "bert.embeddings.LayerNorm.weight": (hidden,)}
+    for i in range(layers):
+        p = f"bert.encoder.layer.{i}."
+        shapes.update(
+            {
+                p + "attention.self.query.weight": (hidden, hidden),
+                p + "attention.output.LayerNorm.weight": (hidden,),
+                p + "intermediate.dense.weight": (4 * hidden, hidden),
+                p + "output.dense.weight": (hidden, 4 * hidden),
+            }
+        )
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    save_file(
+        {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}, str(folder / "model.safetensors")
+    )
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": layers}))
+    return folder
+
+
+def test_a_signal_while_a_model_folder_is_written_leaves_no_folder(tmp_path):
+    src = _bert_folder(tmp_path / "src")
+    r = _run(tmp_path, ["stretch", src, "--to", "bert-4", "--hf-folder", tmp_path / "out"], "fsync", signal.SIGTERM)
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no out, no temporary folder
+    r = _run(tmp_path, ["stretch", src, "--to", "bert-4", "--hf-folder", tmp_path / "out"], "replace")
+    assert r.returncode == 0 and "it is kept" in r.stderr, r.stderr
+    assert read_ticket(tmp_path / "out").arch.stages == (4,)

@@ -260,6 +260,10 @@ class EttTyper(typer.Typer):
         return super().command(name, cls=cls or EttCommand, **kwargs)
 
 
+MASKS_HELP = (
+    "A masks-only file beside the weights (.pt read with weights_only=True, or safetensors): 0/1 tensors named "
+    "X_mask (BERT-Tickets' mask.pt) or X."
+)
 UNITS_HELP = (
     "Name the repeated units of a network ett does not know, e.g. 'encoder.block.{i}' ({i}: unit index) or "
     "'stages.{s}.blocks.{b}' (stage and unit); everything else is stem or head, copied unchanged."

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ettcli.arch import names_help
-from ettcli.commands.common import UNITS_HELP, command_line, handle_errors, stdout_console
+from ettcli.commands.common import MASKS_HELP, UNITS_HELP, command_line, handle_errors, stdout_console
 from ettcli.errors import EttError, final_output
 
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "relative_position_index", "relative_coords_table")
@@ -162,13 +162,14 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fields below)."),
     rewind_step: str = typer.Option(None, "--rewind-step", metavar="STEP", help=REWIND_HELP),
     unit_pattern: str = typer.Option(None, "--units", metavar="PATTERN", help=UNITS_HELP),
+    masks: Path = typer.Option(None, "--masks", metavar="FILE", help=MASKS_HELP),
 ) -> None:
     """Show a ticket's architecture, stages and units, and its per-tensor and global sparsity."""
     from ettcli.arch import units
     from ettcli.ticket import read_ticket
 
     with units(unit_pattern):
-        ticket = read_ticket(path, rewind_step)
+        ticket = read_ticket(path, rewind_step, masks)
     info = summarize(ticket, str(path))
     if as_json:
         typer.echo(json.dumps(info))
@@ -194,6 +195,7 @@ def convert(
         False, "--masks-from-zeros", help="Mask out the exact zeros of prunable tensors (e.g. after prune.remove)."
     ),
     unit_pattern: str = typer.Option(None, "--units", metavar="PATTERN", help=UNITS_HELP),
+    masks: Path = typer.Option(None, "--masks", metavar="FILE", help=MASKS_HELP),
 ) -> None:
     """Convert a ticket in any supported layout into an ett ticket (or an open_lth level folder)."""
     from ettcli.ticket import output_format, read_ticket
@@ -205,7 +207,7 @@ def convert(
     from ettcli.arch import units
 
     with units(unit_pattern):
-        ticket = read_ticket(src, rewind_step)
+        ticket = read_ticket(src, rewind_step, masks)
     if masks_from_zeros:
         ticket = ticket.masks_from_zeros()
     if open_lth:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ettcli.commands.common import UNITS_HELP, command_line, handle_errors
+from ettcli.commands.common import MASKS_HELP, UNITS_HELP, command_line, handle_errors
 from ettcli.errors import EttError, final_output
 from ettcli.plan import default_preset, preset_help, presets_for
 
@@ -96,14 +96,14 @@ def _plan_lines(plan) -> list[str]:
     return lines
 
 
-def _plan(src, to, stages, order, drop, mapping, verb, unit_pattern=None):
+def _plan(src, to, stages, order, drop, mapping, verb, unit_pattern=None, masks=None):
     """Read the source ticket and make the plan (the verb, where given, restricts the direction)."""
     from ettcli.arch import units
     from ettcli.plan import make_plan
     from ettcli.ticket import read_ticket
 
     with units(unit_pattern):
-        ticket = read_ticket(src)
+        ticket = read_ticket(src, masks=masks)
     plan = make_plan(
         ticket.arch,
         to,
@@ -116,7 +116,9 @@ def _plan(src, to, stages, order, drop, mapping, verb, unit_pattern=None):
     return ticket, plan
 
 
-def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out, unit_pattern=None) -> None:
+def _run(
+    verb, src, to, stages, preset_enum, mapping, random_copies, out, unit_pattern=None, masks=None, hf_folder=None
+) -> None:
     from ettcli.transform import apply_plan, default_output, predict_sparsity, save_transformed, source_report
 
     option = "--order" if verb == "stretch" else "--drop"
@@ -134,16 +136,30 @@ def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out, unit_p
         mapping,
         verb,
         unit_pattern,
+        masks,
     )
-    out = out or default_output(src, plan.target)
+    if hf_folder is None:
+        out = out or default_output(src, plan.target)
     target = apply_plan(ticket, plan, random_copies, hash_source=False)
     target.metadata["ett.command"] = command_line()
+    if hf_folder is not None:
+        from ettcli.hf import hf_config, layers_field
+
+        layers_field(plan.target.fam, hf_config(target), str(hf_folder))  # refused before anything is written
     with final_output():  # once the file is in place the command has succeeded, even if interrupted now
-        save_transformed(target, out, ticket.path)
+        written = []
+        if hf_folder is not None:
+            from ettcli.hf import write_hf_folder
+
+            write_hf_folder(target, hf_folder, ticket.path)
+            written.append(f"model folder {hf_folder}")
+        if out is not None:
+            save_transformed(target, out, ticket.path)
+            written.insert(0, str(out))
         how = f"{option[2:]} {plan.preset}" if plan.preset else "explicit mapping"
         extra = f", random copies (seed {random_copies})" if random_copies is not None else ""
         lines = [
-            f"wrote {out} ({plan.source.name} -> {plan.target.name}, {verb}, {how}{extra})",
+            f"wrote {' and '.join(written)} ({plan.source.name} -> {plan.target.name}, {verb}, {how}{extra})",
             f"plan: {plan.mapping}",
             *_sparsity_lines(source_report(ticket), predict_sparsity(ticket, plan)),
         ]
@@ -153,7 +169,11 @@ def _run(verb, src, to, stages, preset_enum, mapping, random_copies, out, unit_p
 PLAN_EPILOG = "Example: ett plan r20.safetensors --to resnet-56 --order append\n\n" + PLAN_JSON_HELP
 STRETCH_EPILOG = "Example: ett stretch r20.safetensors --to resnet-56 -o r56.safetensors"
 SQUEEZE_EPILOG = "Example: ett squeeze r56.safetensors --to resnet-32 --drop interleave -o r32.safetensors"
-OUT_HELP = "Output file (default: SRC_to_TARGET.safetensors beside SRC); may be SRC itself."
+OUT_HELP = "Output file (default: SRC_to_TARGET.safetensors beside SRC, unless --hf-folder); may be SRC itself."
+HF_FOLDER_HELP = (
+    "Also or instead write a Hugging Face model folder (a new or empty folder): config.json with the layer count "
+    "updated, model.safetensors with pruned weights at zero; loads with from_pretrained."
+)
 
 
 @handle_errors
@@ -166,11 +186,12 @@ def plan(
     mapping: str = typer.Option(None, "--mapping", metavar="MAPPING", help=MAPPING_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (fields below)."),
     unit_pattern: str = typer.Option(None, "--units", metavar="PATTERN", help=UNITS_HELP),
+    masks: Path = typer.Option(None, "--masks", metavar="FILE", help=MASKS_HELP),
 ) -> None:
     """Show which source unit fills which target position, the mapping, and the predicted sparsity."""
     from ettcli.transform import predict_sparsity, source_report
 
-    ticket, p = _plan(src, to, stages, order, drop, mapping, None, unit_pattern)
+    ticket, p = _plan(src, to, stages, order, drop, mapping, None, unit_pattern, masks)
     src_report, dst_report = source_report(ticket), predict_sparsity(ticket, p)
     if as_json:
         typer.echo(json.dumps(_plan_info(p, src_report, dst_report)))
@@ -190,9 +211,11 @@ def stretch(
     random_copies: int = typer.Option(None, "--random-copies", metavar="SEED", help=RANDOM_HELP),
     out: Path = typer.Option(None, "-o", "--out", help=OUT_HELP),
     unit_pattern: str = typer.Option(None, "--units", metavar="PATTERN", help=UNITS_HELP),
+    masks: Path = typer.Option(None, "--masks", metavar="FILE", help=MASKS_HELP),
+    hf_folder: Path = typer.Option(None, "--hf-folder", metavar="OUT", help=HF_FOLDER_HELP),
 ) -> None:
     """Write a deeper ticket of the same family by replicating units (stem, head, unit 0 kept)."""
-    _run("stretch", src, to, stages, order, mapping, random_copies, out, unit_pattern)
+    _run("stretch", src, to, stages, order, mapping, random_copies, out, unit_pattern, masks, hf_folder)
 
 
 @handle_errors
@@ -205,9 +228,11 @@ def squeeze(
     random_copies: int = typer.Option(None, "--random-copies", metavar="SEED", help=RANDOM_HELP),
     out: Path = typer.Option(None, "-o", "--out", help=OUT_HELP),
     unit_pattern: str = typer.Option(None, "--units", metavar="PATTERN", help=UNITS_HELP),
+    masks: Path = typer.Option(None, "--masks", metavar="FILE", help=MASKS_HELP),
+    hf_folder: Path = typer.Option(None, "--hf-folder", metavar="OUT", help=HF_FOLDER_HELP),
 ) -> None:
     """Write a shallower ticket of the same family by dropping units (stem, head, unit 0 kept)."""
-    _run("squeeze", src, to, stages, drop, mapping, random_copies, out, unit_pattern)
+    _run("squeeze", src, to, stages, drop, mapping, random_copies, out, unit_pattern, masks, hf_folder)
 
 
 def register(app: typer.Typer) -> None:
