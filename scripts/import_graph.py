@@ -20,6 +20,7 @@ import argparse
 import ast
 import sys
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,23 +202,41 @@ def _functions(tree: ast.AST, module: str) -> list[tuple[int, str]]:
     return found
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("package", nargs="?", default=str(ROOT / "ettcli"), help="the package folder")
-    parser.add_argument("--top", type=int, default=15, help="how many of the longest functions to list")
-    args = parser.parse_args(argv)
+@dataclass
+class Graph:
+    """What :func:`analyse` finds in a package."""
 
-    modules = module_names(Path(args.package).resolve())
-    top: dict[str, set[str]] = {m: set() for m in modules}
-    lazy: dict[str, set[str]] = {m: set() for m in modules}
-    lazy_lines: dict[tuple[str, str], int] = {}
-    type_only = 0
-    private: list[tuple[str, str, str, int]] = []
-    functions: list[tuple[int, str]] = []
-    lines = 0
+    modules: dict[str, Path]
+    lines: int
+    top: dict[str, set[str]]  # module -> modules it imports at top level
+    lazy: dict[str, set[str]]  # module -> modules it imports only inside functions
+    lazy_lines: dict[tuple[str, str], int]
+    type_only: int
+    private: list[tuple[str, str, str, int]]  # (importing module, imported module, name, line)
+    functions: list[tuple[int, str]]  # (line count, where)
+
+    @property
+    def full(self) -> dict[str, set[str]]:
+        return {m: self.top[m] | self.lazy[m] for m in self.modules}
+
+    @property
+    def top_cycles(self) -> list[list[str]]:
+        return _sccs(sorted(self.modules), self.top)
+
+    @property
+    def lazy_cycles(self) -> list[list[str]]:
+        """Cycles of the whole graph that the top-level graph does not have (closed by lazy imports)."""
+        top = self.top_cycles
+        return [c for c in _sccs(sorted(self.modules), self.full) if c not in top]
+
+
+def analyse(package: str | Path) -> Graph:
+    """Read every module of ``package`` (a folder) and collect its imports, functions and private imports."""
+    modules = module_names(Path(package).resolve())
+    graph = Graph(modules, 0, {m: set() for m in modules}, {m: set() for m in modules}, {}, 0, [], [])
     for module, path in modules.items():
         text = path.read_text(encoding="utf-8")
-        lines += len(text.splitlines())
+        graph.lines += len(text.splitlines())
         tree = ast.parse(text, filename=str(path))
         visitor = _Visitor(module, path.name == "__init__.py", modules)
         visitor.visit(tree)
@@ -225,49 +244,60 @@ def main(argv: list[str] | None = None) -> int:
             if target == module:
                 continue
             if kind == "top":
-                top[module].add(target)
+                graph.top[module].add(target)
             elif kind == "lazy":
-                lazy[module].add(target)
-                lazy_lines.setdefault((module, target), line)
+                graph.lazy[module].add(target)
+                graph.lazy_lines.setdefault((module, target), line)
             else:
-                type_only += 1
-        private += [(module, target, name, line) for target, name, line in visitor.private]
-        functions += _functions(tree, module)
+                graph.type_only += 1
+        graph.private += [(module, target, name, line) for target, name, line in visitor.private]
+        graph.functions += _functions(tree, module)
+    for module in modules:
+        graph.lazy[module] -= graph.top[module]
+    return graph
 
-    full = {m: top[m] | lazy[m] for m in modules}
-    lazy_only = {m: lazy[m] - top[m] for m in modules}
-    edges_top = sum(len(v) for v in top.values())
-    edges_lazy = sum(len(v) for v in lazy_only.values())
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("package", nargs="?", default=str(ROOT / "ettcli"), help="the package folder")
+    parser.add_argument("--top", type=int, default=15, help="how many of the longest functions to list")
+    args = parser.parse_args(argv)
+
+    graph = analyse(args.package)
+    edges_top = sum(len(v) for v in graph.top.values())
+    edges_lazy = sum(len(v) for v in graph.lazy.values())
     print(f"package: {Path(args.package).name}/")
-    print(f"modules: {len(modules)} ({lines} lines)")
+    print(f"modules: {len(graph.modules)} ({graph.lines} lines)")
     print(f"import edges between modules: {edges_top} top-level, {edges_lazy} lazy only (inside functions)")
-    if type_only:
-        print(f"type-only imports (if TYPE_CHECKING): {type_only}")
+    if graph.type_only:
+        print(f"type-only imports (if TYPE_CHECKING): {graph.type_only}")
 
     print()
-    top_cycles = _sccs(sorted(modules), top)
+    top_cycles = graph.top_cycles
     print(f"import cycles among top-level imports: {len(top_cycles)}")
     for component in top_cycles:
         print(f"  {' <-> '.join(component)}")
-    lazy_cycles = [c for c in _sccs(sorted(modules), full) if c not in top_cycles]
+    lazy_cycles = graph.lazy_cycles
     print(f"import cycles closed by lazy imports: {len(lazy_cycles)}")
+    full = graph.full
     for component in lazy_cycles:
         print(f"  component of {len(component)}: {', '.join(component)}")
         members = set(component)
         for module in component:
-            for target in sorted(lazy_only[module] & members):
+            for target in sorted(graph.lazy[module] & members):
                 back = _path({m: full[m] & members for m in members}, target, module)
                 cycle = " -> ".join([module, *back]) if back else f"{module} -> {target}"
-                print(f"    lazy {module} -> {target} (line {lazy_lines[(module, target)]}): {cycle}")
+                print(f"    lazy {module} -> {target} (line {graph.lazy_lines[(module, target)]}): {cycle}")
 
     print()
+    functions = graph.functions
     print(f"longest functions (top {args.top} of {len(functions)}, lines from def to end):")
     for count, name in sorted(functions, key=lambda f: (-f[0], f[1]))[: args.top]:
         print(f"  {count:4d}  {name}")
 
     print()
-    print(f"private names imported across modules: {len(private)}")
-    for module, target, name, line in sorted(private):
+    print(f"private names imported across modules: {len(graph.private)}")
+    for module, target, name, line in sorted(graph.private):
         print(f"  {module} (line {line}) <- {target}.{name}")
     return 0
 
