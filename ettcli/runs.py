@@ -84,6 +84,12 @@ class RunFolder:
     identity: dict
 
     @staticmethod
+    def reading(path: str | os.PathLike) -> RunFolder:
+        """The run folder at ``path``, for reading its files (:meth:`summary`, :meth:`config`, :meth:`metrics`)
+        whatever run it holds; its identity is not checked, so it is not for training."""
+        return RunFolder(Path(path), {})
+
+    @staticmethod
     def default(stem: str, identity: dict, root: Path | None = None) -> RunFolder:
         """``<root>/<stem>-<hash of the identity>`` (root: :func:`default_runs_root`)."""
         root = default_runs_root() if root is None else Path(root)
@@ -196,3 +202,7 @@ class RunFolder:
 
     def summary(self) -> dict:
         return self.read_json(SUMMARY)
+
+    def config(self) -> dict:
+        """What ``config.json`` records: ``{"identity": ..., "settings": ...}``."""
+        return self.read_json(CONFIG)
