@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import click
 import typer
+from typer.core import TyperCommand
 
 from ettcli import __version__
 from ettcli.commands.common import EttGroup, EttTyper
@@ -75,11 +75,11 @@ COMMANDS: dict[str, tuple[Callable[[typer.Typer], None], str]] = {
     ),
 }
 
-_LOADED: dict[str, click.Command] = {}
+_LOADED: dict[str, TyperCommand] = {}
 
 
-def load_command(name: str) -> click.Command:
-    """The click command ``name`` of :data:`COMMANDS`, its module imported and registered on first use.
+def load_command(name: str) -> TyperCommand:
+    """The command ``name`` of :data:`COMMANDS`, its module imported and registered on first use.
 
     Each module registers once per process (on a Typer app of its own), so every ``ett`` app built from
     :data:`app` shares the same commands.
@@ -95,14 +95,14 @@ def load_command(name: str) -> click.Command:
     return _LOADED[name]
 
 
-class LazyCommand(click.Command):
+class LazyCommand(TyperCommand):
     """Stands for a command of :data:`COMMANDS` in the root group: lists its name and help line, and loads
     the real command only when it runs (or shows its own help)."""
 
     def __init__(self, name: str, help_line: str):
         super().__init__(name, help=help_line)
 
-    def load(self) -> click.Command:
+    def load(self) -> TyperCommand:
         return load_command(self.name)
 
     def make_context(self, info_name, args, parent=None, **extra):
