@@ -184,7 +184,7 @@ class RunFolder:
         return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
     def save_checkpoint(self, state: dict) -> None:
-        from ettcli.ticket import save_torch
+        from ettcli.torchfile import save_torch
 
         save_torch({"identity": self.identity, **state}, self.file(CHECKPOINT))
 
