@@ -9,7 +9,10 @@ References, each in a fresh interpreter like the CLI:
   * python -c pass                          (interpreter start-up)
   * header read: the 8-byte length and the JSON header, parsed (names, dtypes, shapes, metadata)
   * safetensors.numpy.load_file(path)       (the library reading every tensor)
-Prints wall-time medians, peak RSS, and ett's ratios to the header read and to the library read.
+  * a bare Typer app's --help                (two commands: the floor of any Typer CLI's help)
+Prints wall-time and CPU-time (user + system) medians, peak RSS, and ett's ratios to the header read and to the
+library read. ``ett --help`` is measured in the same run against the bare Typer app: ett's start-up with nothing
+to read.
 """
 
 from __future__ import annotations
@@ -30,6 +33,18 @@ HEADER_READ = (
     "h = json.loads(f.read(n)); print(len(h))"
 )
 
+BARE_TYPER = """
+import typer
+app = typer.Typer(add_completion=False)
+@app.command()
+def first():
+    "One command."
+@app.command()
+def second():
+    "A second command, so that the app is a group."
+app()
+"""
+
 
 def make_ticket(path: Path, kind: str = "imagenet") -> int:
     if kind == "bert":
@@ -49,9 +64,9 @@ def make_ticket(path: Path, kind: str = "imagenet") -> int:
     return path.stat().st_size
 
 
-def run(cmd: list[str], repeats: int) -> tuple[float, float]:
-    """Median wall seconds and peak RSS (MiB) of one child process, measured with wait4."""
-    times, peak = [], 0.0
+def run(cmd: list[str], repeats: int) -> tuple[float, float, float]:
+    """Median wall seconds, peak RSS (MiB) and median CPU seconds (user + system) of one child, from wait4."""
+    times, peak, cpu = [], 0.0, []
     for _ in range(repeats):
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
@@ -61,7 +76,8 @@ def run(cmd: list[str], repeats: int) -> tuple[float, float]:
         if proc.returncode:
             raise SystemExit(f"{cmd} failed with {proc.returncode}")
         peak = max(peak, usage.ru_maxrss / 1024)
-    return statistics.median(times), peak
+        cpu.append(usage.ru_utime + usage.ru_stime)
+    return statistics.median(times), peak, statistics.median(cpu)
 
 
 def main() -> None:
@@ -74,6 +90,13 @@ def main() -> None:
         make_ticket(Path(args.make), args.ticket)
         return
     py = sys.executable
+    # byte-compile ettcli as an install would (PYTHONDONTWRITEBYTECODE, set in some environments, would
+    # otherwise make every ett start compile its modules from source)
+    import compileall
+
+    import ettcli
+
+    compileall.compile_dir(Path(ettcli.__file__).parent, quiet=1)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{args.ticket}.safetensors"
         subprocess.run([py, __file__, "--ticket", args.ticket, "--make", str(path)], check=True)
@@ -87,15 +110,24 @@ def main() -> None:
             ),
             ("ett inspect --json", [py, "-m", "ettcli", "inspect", str(path), "--json"]),
             ("ett inspect (table)", [py, "-m", "ettcli", "inspect", str(path)]),
+            ("bare Typer app --help", [py, "-c", BARE_TYPER, "--help"]),
+            ("ett --help", [py, "-m", "ettcli", "--help"]),
         ]
         results = {name: run(cmd, args.repeats) for name, cmd in rows}
     ref = results["safetensors.numpy.load_file"][0]
     head = results["header read (struct + json)"][0]
     what = "imagenet_resnet_34, 1000 classes" if args.ticket == "imagenet" else "BERT-base shape (hf_bert_12)"
     print(f"ticket: {what}, 73.79% sparse, {size / 2**20:.1f} MiB; median of {args.repeats}")
-    print(f"{'command':32} {'wall s':>8} {'/header':>8} {'/load_file':>10} {'peak MiB':>9}")
-    for name, (wall, peak) in results.items():
-        print(f"{name:32} {wall:8.3f} {wall / head:8.2f} {wall / ref:10.2f} {peak:9.0f}")
+    ref_cpu = results["safetensors.numpy.load_file"][2]
+    print(
+        f"{'command':32} {'wall s':>8} {'/header':>8} {'/load_file':>10} {'peak MiB':>9} {'cpu s':>6} {'cpu /load_file':>14}"
+    )
+    for name, (wall, peak, cpu) in results.items():
+        print(
+            f"{name:32} {wall:8.3f} {wall / head:8.2f} {wall / ref:10.2f} {peak:9.0f} {cpu:6.3f} {cpu / ref_cpu:14.2f}"
+        )
+    ett, bare = results["ett --help"], results["bare Typer app --help"]
+    print(f"ett --help / bare Typer app --help: wall {ett[0] / bare[0]:.2f}, cpu {ett[2] / bare[2]:.2f}")
 
 
 if __name__ == "__main__":

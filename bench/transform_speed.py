@@ -13,7 +13,9 @@ Three transfers, tickets made at benchmark time in a temporary folder (random ma
 Each command runs in a fresh interpreter, as a user would run it:
   * bare remap: ``safetensors.numpy.load_file``, rename (and duplicate) keys by the same plan, ``save_file``;
   * ``python -m ettcli stretch SRC --to TARGET -o OUT`` (the real CLI).
-Prints wall-time medians, peak RSS (``wait4``'s ru_maxrss of each child) and ett's ratios to the remap.
+Prints wall-time medians, peak RSS (``wait4``'s ru_maxrss of each child) and ett's ratios to the remap, and
+the median CPU time (user + system, from ``wait4``) of each: on a shared, loaded machine a child waits for a
+core for a while, which the wall time counts and the CPU time does not.
 """
 
 from __future__ import annotations
@@ -120,25 +122,29 @@ def remap_pairs(path: Path, to: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def run_once(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one child process, measured with wait4."""
+def run_once(cmd: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system) of one child process, from wait4."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"{cmd} failed with {os.waitstatus_to_exitcode(status)}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
-def run_pair(a: list[str], b: list[str], repeats: int) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Alternate the two commands (so that load from other processes hits both alike); medians and peaks."""
-    runs: dict[int, list[tuple[float, float]]] = {0: [], 1: []}
+def run_pair(a: list[str], b: list[str], repeats: int):
+    """Alternate the two commands (so that load from other processes hits both alike); for each, the median
+    wall time, the peak RSS and the median CPU time."""
+    runs: dict[int, list[tuple[float, float, float]]] = {0: [], 1: []}
     run_once(a), run_once(b)  # warm the page cache and the interpreter's files
     for _ in range(repeats):
         for i, cmd in enumerate((a, b)):
             runs[i].append(run_once(cmd))
-    return tuple((statistics.median(w for w, _ in r), max(m for _, m in r)) for r in runs.values())
+    return tuple(
+        (statistics.median(w for w, _, _ in r), max(m for _, m, _ in r), statistics.median(c for _, _, c in r))
+        for r in runs.values()
+    )
 
 
 def main() -> None:
@@ -159,7 +165,10 @@ def main() -> None:
 
     compileall.compile_dir(Path(ettcli.__file__).parent, quiet=1)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; median of {args.repeats} runs")
-    print(f"{'transfer':52} {'command':10} {'wall s':>7} {'peak MiB':>9} {'wall ratio':>11} {'RSS ratio':>10}")
+    print(
+        f"{'transfer':52} {'command':10} {'wall s':>7} {'peak MiB':>9} {'wall ratio':>11} {'RSS ratio':>10} "
+        f"{'cpu s':>6} {'cpu ratio':>10}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for arch, to, classes in (CASES[c] for c in args.case or CASES):
@@ -179,8 +188,11 @@ def main() -> None:
             assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), "outputs differ"
             del a, b
             name = f"{arch} -> {to} ({src.stat().st_size / 2**20:.1f} -> {out.stat().st_size / 2**20:.1f} MiB)"
-            print(f"{name:52} {'remap':10} {bare[0]:7.3f} {bare[1]:9.0f}")
-            print(f"{'':52} {'ett':10} {ett[0]:7.3f} {ett[1]:9.0f} {ett[0] / bare[0]:11.2f} {ett[1] / bare[1]:10.2f}")
+            print(f"{name:52} {'remap':10} {bare[0]:7.3f} {bare[1]:9.0f} {'':11} {'':10} {bare[2]:6.3f}")
+            print(
+                f"{'':52} {'ett':10} {ett[0]:7.3f} {ett[1]:9.0f} {ett[0] / bare[0]:11.2f} {ett[1] / bare[1]:10.2f} "
+                f"{ett[2]:6.3f} {ett[2] / bare[2]:10.2f}"
+            )
 
 
 if __name__ == "__main__":

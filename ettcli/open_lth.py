@@ -23,13 +23,18 @@ import math
 import re
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ettcli.arch import strip_wrappers
 from ettcli.errors import EttError
 from ettcli.steps import Step, parse_step
 from ettcli.stfile import atomic_path, sha256_files, write_error
-from ettcli.ticket import Ticket, _assemble, _to_numpy, _torch_load, _unwrapped, save_torch
+from ettcli.torchfile import load_arrays, save_torch
+
+if TYPE_CHECKING:
+    from ettcli.ticket import Ticket
 
 MODEL_FILE = re.compile(r"^model_ep(\d+)_it(\d+)\.pth$")
 MASK = "mask.pth"
@@ -39,8 +44,12 @@ _FIELD = re.compile(r"^\s+\* (\w+) => (.*)$")
 
 
 # --- reading ---------------------------------------------------------------------------------------------
-def read_open_lth(folder: str | Path, rewind_step: str | None = None) -> Ticket:
-    """Read a level folder (or the level above its ``main/``) as a ticket at its rewind step.
+def read_level(
+    folder: str | Path, rewind_step: str | None = None
+) -> tuple[Path, dict[str, np.ndarray], dict[str, str]]:
+    """Read a level folder (or the level above its ``main/``) at its rewind step: the folder read, the model
+    file's tensors and the masks (as ``X_mask``) under the family's plain names, and the metadata;
+    :func:`ettcli.ticket.read_ticket` makes the ticket of them.
 
     ``rewind_step`` (``1000it``, ``2ep218it``) names the model file to take, overriding ``hparams.log``; a
     step in iterations matches the file of the same iteration. The metadata records the rewind step, the
@@ -55,8 +64,8 @@ def read_open_lth(folder: str | Path, rewind_step: str | None = None) -> Ticket:
     if not mask_file.exists() or not models:
         raise EttError(f"{folder}: not an open_lth level folder: expected mask.pth and model_ep{{E}}_it{{I}}.pth files")
     model_file, step, meta = _rewind_model(folder, models, rewind_step)
-    state = _unwrapped({k: _to_numpy(v) for k, v in _torch_load(model_file).items()}, str(model_file))
-    for name, v in _unwrapped({k: _to_numpy(v) for k, v in _torch_load(mask_file).items()}, str(mask_file)).items():
+    state = _unwrapped(load_arrays(model_file), str(model_file))
+    for name, v in _unwrapped(load_arrays(mask_file), str(mask_file)).items():
         if name not in state:
             raise EttError(f"{mask_file}: mask for '{name}' has no tensor in {model_file.name}")
         state[name + "_mask"] = v
@@ -68,7 +77,13 @@ def read_open_lth(folder: str | Path, rewind_step: str | None = None) -> Ticket:
             "ett.source_sha256": sha256_files([mask_file, model_file]),
         }
     )
-    return _assemble(state, meta, str(folder), None)
+    return folder, state, meta
+
+
+def _unwrapped(values: dict, where: str) -> dict:
+    """``values`` under the family's plain names (wrapper prefixes that every name shares removed)."""
+    plain = strip_wrappers(values, where)
+    return {plain[k]: v for k, v in values.items()}
 
 
 def _rewind_model(folder: Path, models: list, rewind_step: str | None) -> tuple[Path, Step, dict]:

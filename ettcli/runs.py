@@ -84,6 +84,12 @@ class RunFolder:
     identity: dict
 
     @staticmethod
+    def reading(path: str | os.PathLike) -> RunFolder:
+        """The run folder at ``path``, for reading its files (:meth:`summary`, :meth:`config`, :meth:`metrics`)
+        whatever run it holds; its identity is not checked, so it is not for training."""
+        return RunFolder(Path(path), {})
+
+    @staticmethod
     def default(stem: str, identity: dict, root: Path | None = None) -> RunFolder:
         """``<root>/<stem>-<hash of the identity>`` (root: :func:`default_runs_root`)."""
         root = default_runs_root() if root is None else Path(root)
@@ -178,7 +184,7 @@ class RunFolder:
         return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
     def save_checkpoint(self, state: dict) -> None:
-        from ettcli.ticket import save_torch
+        from ettcli.torchfile import save_torch
 
         save_torch({"identity": self.identity, **state}, self.file(CHECKPOINT))
 
@@ -196,3 +202,7 @@ class RunFolder:
 
     def summary(self) -> dict:
         return self.read_json(SUMMARY)
+
+    def config(self) -> dict:
+        """What ``config.json`` records: ``{"identity": ..., "settings": ...}``."""
+        return self.read_json(CONFIG)

@@ -18,7 +18,6 @@ for their values, and masks are read eagerly because they are small and must be 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,10 @@ from ettcli import __version__
 from ettcli.arch import ArchSpec, infer_arch, strip_wrappers
 from ettcli.errors import EttError, warn
 from ettcli.mask import Mask
+from ettcli.open_lth import read_level
 from ettcli.sparsity import SparsityReport
 from ettcli.stfile import Source, check_output, read_array, read_header, write_file
+from ettcli.torchfile import load_arrays, save_torch
 
 FORMAT_VERSION = "1"
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
@@ -236,26 +237,6 @@ def output_format(path: str | Path) -> str:
     return fmt
 
 
-def save_torch(obj, path: str | Path) -> Path:
-    """``torch.save`` atomically, through a Python file so that a full disk is an OSError (an EttError here)."""
-    import os
-
-    import torch
-
-    from ettcli.stfile import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        try:
-            torch.save(obj, fh)
-        except RuntimeError as exc:  # torch wraps a failed write of the file in its own error
-            if isinstance(exc.__cause__ or exc.__context__, OSError):
-                raise (exc.__cause__ or exc.__context__) from None
-            raise
-        fh.flush()
-        os.fsync(fh.fileno())
-    return Path(path)
-
-
 def _info(name: str, src: Source):
     from ettcli.stfile import TensorInfo
 
@@ -267,8 +248,11 @@ def read_ticket(path: str | Path, rewind_step: str | None = None, masks: str | P
     """Read any supported ticket layout (see the module docstring) and validate it against its architecture.
 
     Files are recognised by their content (a torch zip or pickle, or safetensors), whatever their suffix.
-    ``rewind_step`` picks the model file of an open_lth level folder (see :func:`read_open_lth`). ``masks``
+    ``rewind_step`` picks the model file of an open_lth level folder (see :func:`ettcli.open_lth.read_level`). ``masks``
     names a masks-only file beside the weights (see :func:`read_masks_file`).
+
+    The readers below this dispatcher (:mod:`ettcli.stfile`, :mod:`ettcli.torchfile`, :mod:`ettcli.open_lth`)
+    give names, values and metadata; the ticket is assembled and validated here.
     """
     ticket = _read_ticket(Path(path), rewind_step)
     if masks is not None:
@@ -293,7 +277,7 @@ def read_masks_file(path: str | Path, ticket: Ticket) -> dict[str, Mask]:
         header = read_header(path)
         raw = {n: read_array(path, info) for n, info in header.tensors.items()}
     else:
-        raw = {k: _to_numpy(v) for k, v in _torch_load(path).items()}
+        raw = load_arrays(path)
     plain = strip_wrappers(raw, where)
     known = set(ticket.tensors)
     out: dict[str, Mask] = {}
@@ -326,15 +310,13 @@ def _read_ticket(path: Path, rewind_step: str | None) -> Ticket:
             )
         return read_hf_ticket(path)
     if path.is_dir():
-        from ettcli.open_lth import read_open_lth
-
-        return read_open_lth(path, rewind_step)
+        folder, state, meta = read_level(path, rewind_step)
+        return _assemble(state, meta, str(folder), None)
     if rewind_step is not None:
         raise EttError(f"{path}: a rewind step picks a model file of an open_lth level folder; this is one file")
     kind = _sniff(path)
     if kind in ("zip", "pickle") or (not kind and path.suffix.lower() in TORCH_SUFFIXES):
-        raw = _torch_load(path)
-        return _assemble({k: _to_numpy(v) for k, v in raw.items()}, {}, str(path), path)
+        return _assemble(load_arrays(path), {}, str(path), path)
     header = read_header(path)
     raw = {name: Source.of_file(path, info) for name, info in header.tensors.items()}
     return _assemble(raw, header.metadata, str(path), path)
@@ -430,64 +412,3 @@ def _check_masks(spec: ArchSpec, tensors: Mapping[str, Source], masks: Mapping[s
         if not spec.tensors[name].prunable:
             raise EttError(f"{where}: mask '{name}_mask' is on a tensor that is never pruned (biases and BatchNorm)")
         mask.check_shape(tensors[name].shape, name, where)
-
-
-# --- torch-based readers (torch imported only here) -----------------------------------------------------
-_NEEDS = "save a state dict of tensors instead, e.g. torch.save(model.state_dict(), path)"
-
-
-def _torch_load(path: Path) -> dict:
-    """A state dict from a torch file, unpickling nothing but tensors (``weights_only=True``)."""
-    import pickle
-    import warnings
-
-    import torch
-
-    try:
-        # torch warns about pickle protocols it may not read (and then refuses them): the error below says it all
-        with warnings.catch_warnings(), open(path, "rb") as fh:  # a file, so the suffix cannot pick the reader
-            warnings.simplefilter("ignore")
-            obj = torch.load(fh, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise EttError(f"{path}: {_unpickling_problem(str(exc))}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        reason = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else "the file ends too early"
-        raise EttError(f"{path}: not a readable torch file, truncated or damaged ({reason})") from None
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        what = type(obj).__name__ if not isinstance(obj, dict) else "a dict with values other than tensors"
-        raise EttError(f"{path}: holds {what}, not a state dict (a dict of names to tensors); {_NEEDS}")
-    return obj
-
-
-def _unpickling_problem(message: str) -> str:
-    """What torch's safe unpickler refused and what to do, in ett's words (never its advice to unpickle anyway)."""
-    detail = message.split("WeightsUnpickler error:", 1)[1].strip() if "WeightsUnpickler error:" in message else ""
-    if m := re.search(r"Unsupported global: GLOBAL ([\w.]+)", detail):
-        return f"it holds a pickled Python object ({m[1]}), and ett reads tensors only: {_NEEDS}"
-    if m := re.search(r"Unsupported operand (\d+)", detail):
-        return (
-            f"it was pickled with a protocol that torch's tensor-only loader cannot read (opcode {m[1]}); "
-            "save it again with torch.save's default protocol, e.g. torch.save(model.state_dict(), path)"
-        )
-    first = detail.splitlines()[0].strip().rstrip(".") if detail else ""
-    return f"it holds more than tensors{f' ({first})' if first else ''}, and ett reads tensors only: {_NEEDS}"
-
-
-def _to_numpy(t) -> np.ndarray:
-    import torch
-
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        t = t.float()
-    return t.contiguous().numpy()
-
-
-def _unwrapped(values: dict, where: str) -> dict:
-    """``values`` under the family's plain names (wrapper prefixes that every name shares removed)."""
-    plain = strip_wrappers(values, where)
-    return {plain[k]: v for k, v in values.items()}

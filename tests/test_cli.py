@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import FIXTURES, ROOT
 
 from ettcli.stfile import read_header
 
@@ -19,14 +19,16 @@ def warning_lines(result) -> list[str]:
 
 
 def test_command_functions_are_addressable_and_registered():
-    from ettcli.cli import app
+    from ettcli.cli import load_command
     from ettcli.commands import tickets, transform
 
-    registered = {info.callback for info in app.registered_commands}
     for module, names in ((tickets, ("inspect", "convert", "init")), (transform, ("plan", "stretch", "squeeze"))):
         for name in names:
             fn = getattr(module, name)
-            assert callable(fn) and fn in registered, name
+            chain = [load_command(name).callback]  # and what it wraps (typer's wrapper, handle_errors)
+            while hasattr(chain[-1], "__wrapped__"):
+                chain.append(chain[-1].__wrapped__)
+            assert callable(fn) and fn in chain, name
 
 
 def test_cli_uses_no_private_typer_module():
@@ -132,3 +134,66 @@ def test_bad_option_values_keep_typer_messages(cli, ticket_file):
     assert r.exit_code == 2 and "'sideways' is not one of" in r.stderr and "'append'" in r.stderr
     r = cli("stretch", src, "--to")
     assert r.exit_code == 2 and "--to" in r.stderr
+
+
+# --- a command's module is loaded only when that command runs ------------------------------------------------
+_LISTING = """
+import importlib, json, pkgutil, sys
+import typer
+from typer.testing import CliRunner
+from ettcli import commands
+from ettcli.cli import COMMANDS, app, load_command
+from ettcli.commands.common import EttTyper
+
+lazy = CliRunner().invoke(app, ["--help"], terminal_width=100)
+loaded = sorted(m for m in sys.modules if m.startswith(("ettcli.", "numpy", "torch")))
+for name in COMMANDS:
+    load_command(name)
+eager = CliRunner().invoke(app, ["--help"], terminal_width=100)  # the same root, every command loaded now
+# every command that a module of ettcli.commands registers on the root app (lottery's imp is under prune)
+root = EttTyper()
+for info in pkgutil.iter_modules(commands.__path__):
+    module = importlib.import_module(f"ettcli.commands.{info.name}")
+    if hasattr(module, "register") and info.name != "lottery":
+        module.register(root)
+registered = list(typer.main.get_group(root).commands)
+print(json.dumps({"lazy": lazy.stdout, "eager": eager.stdout, "loaded": loaded, "registered": registered,
+                  "listed": list(COMMANDS), "prune": list(load_command("prune").commands)}))
+"""
+
+
+def test_root_help_lists_every_command_with_its_own_help_and_loads_no_command_module():
+    import json
+
+    r = subprocess.run([sys.executable, "-c", _LISTING], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["lazy"] == out["eager"]  # each line is the command's own help
+    assert sorted(out["listed"]) == sorted(out["registered"])  # and none is missing
+    assert "imp" in out["prune"] and "snip" in out["prune"]
+    assert all(f" {name} " in out["lazy"] for name in out["listed"])
+    assert out["loaded"] == ["ettcli.cli", "ettcli.commands", "ettcli.commands.common", "ettcli.errors"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "modules"),
+    [
+        (["stretch", "FIXTURE", "--to", "resnet-32", "-o", "OUT"], ["common", "transform"]),
+        (["inspect", "FIXTURE", "--json"], ["common", "tickets"]),
+        (["prune", "--help"], ["common", "lottery", "options", "prune"]),
+    ],
+)
+def test_a_command_loads_only_its_own_module(argv, modules, tmp_path):
+    argv = [str(FIXTURES / "cifar_resnet_20_l4.safetensors") if a == "FIXTURE" else a for a in argv]
+    argv = [str(tmp_path / "out.safetensors") if a == "OUT" else a for a in argv]
+    code = (
+        "import sys\nfrom ettcli.cli import main\nsys.argv = ['ett'] + sys.argv[1:]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "print(sorted(m.split('.')[-1] for m in sys.modules if m.startswith('ettcli.commands.')))\n"
+        "print('ettcli.pruning' in sys.modules, 'torch' in sys.modules, 'click' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    loaded, heavy = r.stdout.splitlines()[-2:]
+    assert loaded == repr(modules)
+    assert heavy == ("True False False" if argv[0] == "prune" else "False False False")  # typer has its own click

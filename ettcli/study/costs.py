@@ -19,6 +19,7 @@ import socket
 from collections import defaultdict
 from pathlib import Path
 
+from ettcli.runs import RunFolder
 from ettcli.study.graph import Job
 from ettcli.study.runner import is_finished, job_folder
 from ettcli.study.spec import Study
@@ -68,9 +69,8 @@ def measured_throughput(root: Path, jobs: dict[str, Job]) -> dict[str, float]:
     for key, job in jobs.items():
         if job.kind not in ("train", "dense", "rewind"):
             continue
-        summary = job_folder(root, key) / "run" / "summary.json"
         try:
-            ips = json.loads(summary.read_text())["images_per_second"]
+            ips = RunFolder.reading(job_folder(root, key) / "run").summary()["images_per_second"]
         except (OSError, ValueError, KeyError):
             continue
         seen[job.cost["arch"]].append(float(ips))
@@ -218,7 +218,7 @@ class Eta:
         if job.kind not in ("train", "dense", "rewind"):
             return
         try:
-            summary = json.loads((job_folder(self.root, key) / "run" / "summary.json").read_text())
+            summary = RunFolder.reading(job_folder(self.root, key) / "run").summary()
             self.samples[job.cost["arch"]].append(float(summary["images_per_second"]))
         except (OSError, ValueError, KeyError, TypeError):
             pass

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ettcli.errors import EttError
 from ettcli.locks import JobLock
+from ettcli.runs import FINAL, RunFolder
 from ettcli.study.graph import JOBS_DIR
 
 JOB = "job.json"
@@ -175,8 +176,8 @@ def _row(root: Path, job: dict, run_folder: Path, ticket, **extra) -> dict:
     from ettcli.data import DATASETS
     from ettcli.flops import ticket_forward_flops, training_flops
 
-    summary = json.loads((run_folder / "summary.json").read_text())
-    config = json.loads((run_folder / "config.json").read_text())
+    run = RunFolder.reading(run_folder)
+    summary, config = run.summary(), run.config()
     batch = config["identity"]["recipe"]["batch_size"]
     image = DATASETS[config["identity"]["dataset"]].image_size
     total, kept = ticket.counts()
@@ -249,7 +250,7 @@ def _rewind(root: Path, job: dict, threads):
     folder = job_folder(root, job["key"]) / "run"
     train_ticket(dense, _settings(job, threads), folder=folder, from_step="0it", stop_at=s["rewind"],
                  hooks=_hooks("rewind"), metadata={"ett.command": "ett study run"})  # fmt: skip
-    return [], {"ticket": _rel(root, folder / "final.safetensors")}
+    return [], {"ticket": _rel(root, folder / FINAL)}
 
 
 def _transfer(root: Path, job: dict, threads):
