@@ -234,9 +234,19 @@ class Family:
 
     def init(self, model: nn.Module) -> None:
         """Initialise a freshly built model (open_lth's scheme by default)."""
-        from ettcli.models import open_lth_init
-
         open_lth_init(model)
+
+
+def open_lth_init(model: nn.Module) -> None:
+    """Kaiming normal (fan-in) on conv and linear weights; BatchNorm gamma ~ U(0, 1), beta = 0."""
+    from torch import nn
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.0, 1.0)
+            nn.init.zeros_(m.bias)
 
 
 FAMILIES: Registry[Family] = Registry("family")

@@ -33,7 +33,7 @@ from ettcli.errors import EttError, warn
 from ettcli.mask import Mask
 from ettcli.pruning import global_topk_masks
 from ettcli.recipe import FAMILY_DEFAULTS
-from ettcli.runs import FINAL, REWIND, RunFolder
+from ettcli.runs import FINAL, REWIND, SUMMARY, RunFolder
 from ettcli.steps import parse_step
 
 TICKET = "ticket.safetensors"
@@ -218,7 +218,7 @@ def _later_levels(top: RunFolder, levels: int) -> list[dict]:
         if isinstance(r, dict)
         and isinstance(r.get("level"), int)
         and r["level"] > levels
-        and (top.path / f"level_{r['level']:02d}" / "summary.json").is_file()
+        and RunFolder.reading(top.path / f"level_{r['level']:02d}").file(SUMMARY).is_file()
     ]
 
 

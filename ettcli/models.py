@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ettcli.arch import ArchSpec
+from ettcli.arch import ArchSpec, open_lth_init  # noqa: F401 (open_lth_init: part of this module's API)
 from ettcli.errors import EttError
 from ettcli.mask import Mask
 
@@ -187,16 +187,6 @@ class Prefixed(nn.Module):
 
     def forward(self, x):
         return self.model(x)
-
-
-def open_lth_init(model: nn.Module) -> None:
-    """Kaiming normal (fan-in) on conv and linear weights; BatchNorm gamma ~ U(0, 1), beta = 0."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.uniform_(m.weight, 0.0, 1.0)
-            nn.init.zeros_(m.bias)
 
 
 def build_model(spec: ArchSpec, seed: int | None = 0, init: bool = True) -> nn.Module:

@@ -18,6 +18,8 @@ def test_no_module_but_runs_spells_a_run_file_name():
     for path in sorted((ROOT / "ettcli").rglob("*.py")):
         if path.name == "runs.py" and path.parent.name == "ettcli":
             continue
+        if path.name == "hf.py" and path.parent.name == "ettcli":
+            continue  # a Hugging Face model folder's config.json, not a run file
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and node.value in RUN_FILES:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value}")
