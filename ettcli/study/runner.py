@@ -277,7 +277,9 @@ def _prune(root: Path, job: dict, threads):
     if threads:
         import torch
 
-        torch.set_num_threads(threads)
+        from ettcli.cpus import threads_for
+
+        torch.set_num_threads(threads_for(threads, "the job's thread count"))
     out = prune(root / s["ticket_path"], s["method"], **kwargs)
     out.metadata["ett.command"] = "ett study run"
     path = job_folder(root, job["key"]) / "ticket.safetensors"
