@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ettcli.cpus import omp_threads, usable_cpus
 from ettcli.errors import EttError, warn
-from ettcli.study.runner import LOG, job_folder
+from ettcli.study.runner import LOG, died, ended_unseen, job_folder
 
 
 def visible_gpus(device: str) -> list[str]:
@@ -76,7 +76,7 @@ class LocalExecutor:
         else:
             n = cores()
             if (jobs or 1) > n:
-                warn(f"--jobs {jobs} is more than the {n} CPU(s) this process may use; running {n} job(s) at once")
+                warn(f"{jobs} jobs at once is more than the {n} CPU(s) this process may use; running {n} at once")
             self.slot_gpus = [None] * min(jobs or 1, n)
         self.slots = len(self.slot_gpus)
         self.threads = threads_per_job(self.slots)
@@ -151,7 +151,8 @@ class LocalExecutor:
                 continue
             self._retire(slot)  # a failed or stopped job's process is not reused
             if outcome == "died":
-                out.append((key, "failed", f"{log} (its process died, exit code {p.exitcode})"))
+                p.join(5)
+                out.append((key, "failed", died(self.root, key, p.exitcode)))
             else:
                 out.append((key, outcome, log))
         return out
@@ -260,6 +261,8 @@ class SubmititExecutor:
             if exc is None:
                 status = h.result()
                 out.append((key, "busy" if status == "busy" else "done", None))
+            elif ended_unseen(self.root, key):  # a native crash or a kill: no Python error to report
+                out.append((key, "failed", f"{died(self.root, key)} (submitit: {h.paths.stderr})"))
             else:
                 out.append((key, "failed", f"{job_folder(self.root, key) / LOG} (submitit: {h.paths.stderr})"))
         return out
