@@ -58,6 +58,23 @@ def test_more_threads_than_cpus_are_clamped_with_a_warning(monkeypatch):
     assert threads_for(None) == 1
 
 
+def test_scoring_lowers_torch_threads_above_the_cpus(ticket_file):
+    """snip/grasp/synflow compute with torch's own thread count (OMP_NUM_THREADS, torch.set_num_threads)."""
+    import torch
+
+    from ettcli.pruning import prune
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(CPUS * 4)
+        with pytest.warns(EttWarning, match=f"torch's thread count .* {CPUS * 4} is more than the {CPUS} CPU"):
+            out = prune(ticket_file("cifar_resnet_8_4"), "synflow", sparsity=0.5)
+        assert torch.get_num_threads() == CPUS
+        assert 0.49 < out.sparsity() < 0.51
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_executor_thread_arithmetic(tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert threads_per_job(4, cpus=2) == 1
