@@ -70,22 +70,22 @@ def _logging_to(path: Path):
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    had_faulthandler = faulthandler.is_enabled()
+    ours = not faulthandler.is_enabled()  # one enabled by the caller (pytest, -X faulthandler) is left alone
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        faulthandler.enable(file=2, all_threads=False)
+        if ours:
+            faulthandler.enable(file=2, all_threads=False)
         yield
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        faulthandler.disable()
+        if ours:
+            faulthandler.disable()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for f in (fd, *saved):
             os.close(f)
-        if had_faulthandler:
-            faulthandler.enable()
 
 
 # the signals Python's fault handler names in its dump ("Fatal Python error: Aborted")
