@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ettcli.cpus import threads_for
 from ettcli.errors import EttError, warn
 from ettcli.feeders import epoch_plan
 
@@ -514,7 +515,7 @@ class _Context:
         from ettcli.data import default_data_root, get_dataset, load_memory_dataset
         from ettcli.feeders import MemoryFeeder
         from ettcli.recipe import FAMILY_DEFAULTS, recipe_for
-        from ettcli.train import default_threads, resolve_device, resolve_precision
+        from ettcli.train import resolve_device, resolve_precision
 
         alpha_grid(alphas)
         if bn_reset:
@@ -544,7 +545,7 @@ class _Context:
             raise EttError(f"batch size {batch}: must be at least 1")
         device = resolve_device(settings.device)
         precision = resolve_precision(settings.precision, device)
-        torch.set_num_threads(settings.threads or default_threads())
+        torch.set_num_threads(threads_for(settings.threads))
         root = Path(settings.data_root).expanduser() if settings.data_root else default_data_root()
         data = load_memory_dataset(ds, root, download=settings.download)
         if settings.subset is not None:  # the images the copies trained on: their train error and statistics

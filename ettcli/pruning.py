@@ -679,6 +679,10 @@ def prune_run(
         names, dense = pruned_tensors(tk, ref, exclude)
         target = make_target(tk, names, dense, sparsity=sparsity, ref=ref, match=settings["match"])
     job = Job(m, tk, ref, target, seed, settings["bn"], invert, ds, data, samples_per_class, device, download)
+    if m.network:  # torch computes the scores: never with more threads than this process's CPUs
+        from ettcli.cpus import clamp_torch_threads
+
+        clamp_torch_threads()
     masks = m.load()(job)
     target = job.target  # uniform and ERK fix their per-tensor counts
     if m.copies_mask:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ettcli.cpus import threads_for, usable_cpus
 from ettcli.errors import EttError, Terminated, final_output, take_held_signal
 from ettcli.feeders import Feeder, FolderFeeder, MemoryFeeder, iterations_per_epoch
 from ettcli.models import Masker, build_model, model_from_ticket, ticket_from_model
@@ -121,11 +122,8 @@ def resolve_precision(choice: str, device: str) -> str:
 
 
 def default_threads() -> int:
-    """The cores this process may run on (its CPU affinity), not the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """The CPUs this process may use (its affinity and cgroup quota), not the machine's count."""
+    return usable_cpus()
 
 
 # --- the entry point ---------------------------------------------------------------------------------------------
@@ -213,7 +211,7 @@ def train_ticket(
     prec = resolve_precision(settings.precision, dev)
     if settings.sync_bn and dev != "cuda":
         raise EttError("synchronised BatchNorm needs CUDA devices; leave it off on CPUs")
-    torch.set_num_threads(settings.threads or default_threads())
+    torch.set_num_threads(threads_for(settings.threads))
     if dev == "cuda":
         torch.cuda.set_device(local)
         torch.backends.cudnn.benchmark = True
@@ -303,7 +301,7 @@ def train_ticket(
             run.begin(fresh=state == "fresh", settings=settings_record)
         if world > 1:
             torch.distributed.barrier()
-        workers = settings.workers if settings.workers is not None else min(8, os.cpu_count() or 1)
+        workers = settings.workers if settings.workers is not None else min(8, usable_cpus())
         if ds.kind == "memory":
             feeder = MemoryFeeder(data, ds, recipe.batch_size, device, settings.seed, rank, world)
         else:

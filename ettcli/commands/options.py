@@ -64,7 +64,11 @@ Subset = Annotated[
 ]
 Threads = Annotated[
     int | None,
-    typer.Option("--threads", help="CPU threads (default: the cores this process may use). Use 1 on a busy machine."),
+    typer.Option(
+        "--threads",
+        help="CPU threads (default: OMP_NUM_THREADS where set, else the CPUs this process may use; more than "
+        "those is lowered to them). Use 1 on a busy machine.",
+    ),
 ]
 
 

@@ -109,14 +109,14 @@ def run(
 
 
 def _slots(study, executor, jobs, jobs_per_gpu) -> int:
-    from ettcli.study.executors import visible_gpus
+    from ettcli.study.executors import cores, visible_gpus
 
     if (executor or study.executor.kind) == "slurm":
         return jobs or study.executor.slurm.get("array_parallelism") or 64
     gpus = visible_gpus(study.train.get("device", "auto"))
     if gpus:
         return min(jobs or 1 << 30, len(gpus) * (jobs_per_gpu or study.executor.jobs_per_gpu))
-    return jobs or study.executor.jobs or 1
+    return min(jobs or study.executor.jobs or 1, cores())  # LocalExecutor runs no more jobs than CPUs
 
 
 def _dry_run(study, root, jobs, jobs_per_gpu, executor, calibrate) -> None:
@@ -125,18 +125,21 @@ def _dry_run(study, root, jobs, jobs_per_gpu, executor, calibrate) -> None:
     from ettcli.commands.common import stdout_console
     from ettcli.study import costs
     from ettcli.study.driver import finished
-    from ettcli.study.executors import cores
+    from ettcli.study.executors import cores, threads_per_job
     from ettcli.study.graph import plan_jobs
 
     t0 = time.perf_counter()
     plan = plan_jobs(study)
     done = finished(root, plan)
     slots = _slots(study, executor, jobs, jobs_per_gpu)
-    threads = (
-        max(1, cores() // slots)
-        if (executor or study.executor.kind) == "local"
-        else study.executor.slurm.get("cpus", 1)
-    )
+    slurm = study.executor.slurm
+    if (executor or study.executor.kind) == "local":
+        threads = threads_per_job(slots)
+    elif slurm.get("cluster") == "local":  # submitit's local cluster: as SubmititExecutor splits this machine
+        slots = min(slots, cores())
+        threads = threads_per_job(slots, requested=slurm.get("cpus"))
+    else:
+        threads = slurm.get("cpus", 1)
     archs = sorted({j.cost["arch"] for j in plan.values() if j.cost})
     ips = {**costs.cached_throughput(study, archs, threads), **costs.measured_throughput(root, plan)}
     where = "this study's finished runs and earlier calibrations on this host"

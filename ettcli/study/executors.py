@@ -2,7 +2,8 @@
 
 * :class:`LocalExecutor`: concurrent worker processes on this machine, forked from a server that has imported
   torch once, each running one job after another. On GPU machines each worker sees one GPU (``jobs_per_gpu``
-  workers share it); on CPUs the cores are split between the concurrent jobs (``cores // jobs`` threads each).
+  workers share it); on CPUs the cores are split between the concurrent jobs (``cores // jobs`` threads each, and never more jobs
+  at once than cores).
 * :class:`SubmititExecutor`: Slurm job arrays through submitit (one array per wave of ready jobs), with
   partition, time, GPUs, CPUs and memory from the study's ``[slurm]`` table. ``cluster = "local"`` runs the
   same arrays through submitit's own local executor.
@@ -19,8 +20,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ettcli.errors import EttError
-from ettcli.study.runner import LOG, job_folder
+from ettcli.cpus import omp_threads, usable_cpus
+from ettcli.errors import EttError, warn
+from ettcli.study.runner import LOG, died, ended_unseen, job_folder
 
 
 def visible_gpus(device: str) -> list[str]:
@@ -41,10 +43,17 @@ def visible_gpus(device: str) -> list[str]:
 
 
 def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    """The CPUs this process, and so the jobs it starts, may use (affinity and cgroup quota)."""
+    return usable_cpus()
+
+
+def threads_per_job(concurrent: int, cpus: int | None = None, requested: int | None = None) -> int:
+    """Threads for each of ``concurrent`` jobs running at once on this machine: its CPUs split between them
+    (so ``concurrent x threads`` never exceeds them while ``concurrent`` does not), lowered to ``requested``
+    (a study's ``[slurm] cpus``) or else ``OMP_NUM_THREADS`` where set; at least 1."""
+    n = max(1, (cpus or cores()) // max(1, concurrent))
+    limit = requested if requested is not None else omp_threads()
+    return max(1, min(n, limit)) if limit else n
 
 
 class LocalExecutor:
@@ -65,12 +74,12 @@ class LocalExecutor:
         if gpus:
             self.slot_gpus: list[str | None] = [g for g in gpus for _ in range(jobs_per_gpu)][: jobs or None]
         else:
-            self.slot_gpus = [None] * (jobs or 1)
+            n = cores()
+            if (jobs or 1) > n:
+                warn(f"{jobs} jobs at once is more than the {n} CPU(s) this process may use; running {n} at once")
+            self.slot_gpus = [None] * min(jobs or 1, n)
         self.slots = len(self.slot_gpus)
-        self.threads = max(1, cores() // self.slots)
-        omp = os.environ.get("OMP_NUM_THREADS", "")
-        if omp.isdigit() and int(omp) > 0:  # a limit set in the environment is kept
-            self.threads = min(self.threads, int(omp))
+        self.threads = threads_per_job(self.slots)
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(["ettcli.study.preload"])
         self.workers: list[tuple[object, object] | None] = [None] * self.slots  # (process, pipe) per slot
@@ -144,7 +153,8 @@ class LocalExecutor:
                 continue
             self._retire(slot)  # a failed or stopped job's process is not reused
             if outcome == "died":
-                out.append((key, "failed", f"{log} (its process died, exit code {p.exitcode})"))
+                p.join(5)
+                out.append((key, "failed", died(self.root, key, p.exitcode)))
             else:
                 out.append((key, outcome, log))
         return out
@@ -203,17 +213,29 @@ class SubmititExecutor:
             self.executor.update_parameters(**params)
         except (ValueError, TypeError) as exc:
             raise EttError(f"submitit refused the [slurm] settings: {exc}") from None
-        # a Slurm task may use the CPUs it was given (its affinity); submitit's local cluster starts every
-        # job at once, so each gets one thread there unless [slurm] cpus says otherwise
-        self.threads = slurm.get("cpus") or (1 if self.cluster == "local" else None)
+        # a Slurm task may use the CPUs it was given (its affinity, which training's clamp follows). submitit's
+        # local cluster starts every job it is handed at once on this machine, so there at most one job per
+        # CPU (or array_parallelism, from --jobs) runs at once, and the CPUs are split between those:
+        # [slurm] cpus, meant for cluster nodes, is only an upper bound
+        cpus = slurm.get("cpus")
         self.jobs: dict[str, object] = {}
         self.slots = None
+        self.threads = cpus
+        if self.cluster == "local":
+            n = cores()
+            self.slots = min(slurm.get("array_parallelism") or n, n)
+            self.threads = threads_per_job(self.slots, n, requested=cpus)
+            if cpus and cpus > self.threads:
+                warn(
+                    f"[slurm] cpus = {cpus} is more than a job may use on this machine with submitit's local "
+                    f"cluster ({n} CPU(s), up to {self.slots} job(s) at once): {self.threads} thread(s) each"
+                )
 
     def describe(self) -> str:
         return f"slurm through submitit ({self.cluster}), logs in {self.root / 'slurm'}"
 
     def free(self) -> int:
-        return 1 << 30
+        return 1 << 30 if self.slots is None else max(0, self.slots - len(self.jobs))
 
     def running(self) -> set[str]:
         return set(self.jobs)
@@ -241,6 +263,8 @@ class SubmititExecutor:
             if exc is None:
                 status = h.result()
                 out.append((key, "busy" if status == "busy" else "done", None))
+            elif ended_unseen(self.root, key):  # a native crash or a kill: no Python error to report
+                out.append((key, "failed", f"{died(self.root, key)} (submitit: {h.paths.stderr})"))
             else:
                 out.append((key, "failed", f"{job_folder(self.root, key) / LOG} (submitit: {h.paths.stderr})"))
         return out

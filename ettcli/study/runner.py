@@ -72,22 +72,76 @@ def _note(folder: Path, event: str, **extra) -> None:
 
 @contextlib.contextmanager
 def _logging_to(path: Path):
-    """Send this process's stdout and stderr (file descriptors included) to ``path``."""
+    """Send this process's stdout and stderr (file descriptors included) to ``path``; a native crash (a fatal
+    signal) also leaves Python's fault dump there, naming the signal (see :func:`died`)."""
+    import faulthandler
+
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    ours = not faulthandler.is_enabled()  # one enabled by the caller (pytest, -X faulthandler) is left alone
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
+        if ours:
+            faulthandler.enable(file=2, all_threads=False)
         yield
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        if ours:
+            faulthandler.disable()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for f in (fd, *saved):
             os.close(f)
+
+
+# the signals Python's fault handler names in its dump ("Fatal Python error: Aborted")
+_FAULTS = {"Segmentation fault": "SIGSEGV", "Aborted": "SIGABRT", "Bus error": "SIGBUS",
+           "Floating-point exception": "SIGFPE", "Floating point exception": "SIGFPE",
+           "Illegal instruction": "SIGILL"}  # fmt: skip
+
+
+def ended_unseen(root: Path, key: str) -> bool:
+    """Whether the job's last attempt started and never noted an end: its process died without Python seeing
+    it (a native crash, SIGKILL), so nothing was written but the log."""
+    try:
+        lines = (job_folder(root, key) / ATTEMPTS).read_text().splitlines()
+        return bool(lines) and json.loads(lines[-1]).get("event") == "start"
+    except (OSError, ValueError):
+        return False
+
+
+def died(root: Path, key: str, exitcode: int | None = None) -> str:
+    """How the driver reports a job whose process died: its exit status (the signal, for a native crash), the
+    last line its log holds before Python's fault dump, and where the log is. ``exitcode`` as
+    ``multiprocessing`` gives it (``-N`` for signal N); unknown (submitit) it is read from the fault dump.
+    The job has no ``result.json``, so the next ``ett study run`` runs it again."""
+    import signal
+
+    log = job_folder(root, key) / LOG
+    try:
+        lines = [x.strip() for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        lines = []
+    dump = next((i for i, x in enumerate(lines) if x.startswith("Fatal Python error: ")), None)
+    before = lines[:dump] if dump is not None else lines
+    name = None
+    if exitcode is not None and exitcode < 0:
+        with contextlib.suppress(ValueError):
+            name = signal.Signals(-exitcode).name
+    elif dump is not None:
+        name = _FAULTS.get(lines[dump].removeprefix("Fatal Python error: ").strip())
+    if name is not None:
+        status = f"killed by {name} (exit status {128 + signal.Signals[name].value})"
+    elif exitcode is not None:
+        status = f"exit status {exitcode}"
+    else:
+        status = "ended without a word (killed, or out of memory?)"
+    last = f'; its log ends: "{before[-1][:200]}"' if before else ""
+    return f"its process died: {status}{last}; log: {log}"
 
 
 def run_job(root: str | os.PathLike, key: str, *, threads: int | None = None, log: bool = True) -> str:
@@ -287,7 +341,9 @@ def _prune(root: Path, job: dict, threads):
     if threads:
         import torch
 
-        torch.set_num_threads(threads)
+        from ettcli.cpus import threads_for
+
+        torch.set_num_threads(threads_for(threads, "the job's thread count"))
     out = prune(root / s["ticket_path"], s["method"], **kwargs)
     out.metadata["ett.command"] = "ett study run"
     path = job_folder(root, job["key"]) / "ticket.safetensors"
