@@ -613,8 +613,12 @@ def run_loop(
                 run.append_metrics(row)
                 run.save_checkpoint(st.checkpoint(model, opt, scaler, st.elapsed + time.perf_counter() - t0))
             hooks.epoch(row)
-            if stop.requested and st.step < cfg.end:
-                raise Interrupted(format_step(st.step, per_epoch), run.path, stop.signum)
+            if stop.requested:
+                break
+    # a stop that arrived during the last step or the final test pass is honoured too: the run ends here with
+    # its checkpoint at the end step (rerunning writes the final files without training again)
+    if stop.requested:
+        raise Interrupted(format_step(st.step, per_epoch), run.path, stop.signum)
 
     masker.apply()
     last = st.metrics[-1]

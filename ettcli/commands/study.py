@@ -190,18 +190,29 @@ def _run(study, root, jobs, jobs_per_gpu, executor_kind) -> None:
     view = _LiveView(sys.stderr.isatty(), eta)
     typer.echo(f"study {study.name} in {root}: {executor.describe()}", err=True)
 
+    from ettcli.errors import Terminated, signal_name
+
     def terminate(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated(signum)
 
     old = signal.signal(signal.SIGTERM, terminate)
     try:
         with view:
             outcome = run_study(study, root, executor, on_event=view.event)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        stopped, kept = getattr(exc, "stopped", []), getattr(exc, "finished", [])
+        what = []
+        if stopped:
+            what.append(f"{len(stopped)} running job(s) stopped at a checkpoint")
+        if kept:
+            what.append(f"{len(kept)} job(s) had finished and are kept")
         typer.echo(
-            "ett: interrupted; running jobs stopped at a checkpoint; rerun the same command to continue", err=True
+            f"ett: interrupted by {signal_name(signum)}; {', '.join(what) or 'no job was running'}; "
+            "rerun the same command to continue",
+            err=True,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + signum) from None
     finally:
         signal.signal(signal.SIGTERM, old)
     c = outcome.counts

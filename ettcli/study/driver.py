@@ -45,6 +45,15 @@ class Event:
     seconds: float | None = None
 
 
+class StudyInterrupted(KeyboardInterrupt):
+    """The driver was stopped by a signal; the jobs it had running either ``finished`` (their results are kept)
+    or were ``stopped`` at a checkpoint."""
+
+    def __init__(self, signum: int, finished: list[str], stopped: list[str]):
+        super().__init__(signum)
+        self.signum, self.finished, self.stopped = signum, finished, stopped
+
+
 @dataclass
 class Counts:
     total: int = 0
@@ -287,6 +296,18 @@ def run_study(
                 last_results = time.monotonic()
             if not heavy:
                 time.sleep(poll)
+    except KeyboardInterrupt as exc:
+        import signal
+
+        running = executor.running()
+        executor.stop()  # running jobs stop at a checkpoint, or had already finished: say which
+        kept = sorted(k for k in running if (job_folder(root, k) / RESULT).is_file())
+        for key in kept:
+            note(Event("done", jobs[key], None, time.monotonic() - started.get(key, time.monotonic())))
+        stopped = sorted(set(running) - set(kept))
+        for key in stopped:
+            note(Event("interrupted", jobs[key], None, time.monotonic() - started.get(key, time.monotonic())))
+        raise StudyInterrupted(getattr(exc, "signum", signal.SIGINT), kept, stopped) from None
     finally:
         executor.stop()  # at the end: ends idle workers; on an interrupt: stops running jobs at a checkpoint
         path, n = write_results(root, jobs)

@@ -353,8 +353,15 @@ KINDS = {"imp": _imp, "rewind": _rewind, "transfer": _transfer, "prune": _prune,
 def worker_main(conn, threads: int | None, gpu: str | None) -> None:
     """A local executor's worker: receives ``(root, key, environment)``, runs the job, answers its outcome
     (``done``, ``busy``, ``failed``, ``interrupted``); ``None`` or a closed pipe ends it."""
+    import signal
+
+    from ettcli.errors import on_signal
+
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before anything touches CUDA
+    for name in ("SIGTERM", "SIGHUP"):  # the driver's stop: an interrupt, so a job stops cleanly (as under ett)
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
     while True:
         try:
             msg = conn.recv()
