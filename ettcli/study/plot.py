@@ -81,7 +81,10 @@ def plot_study(folder: str | Path, out: str | Path | None = None) -> Path:
     fig.legend(
         list(handles.values()), list(handles), loc="outside lower center", ncol=min(len(handles), 6), frameon=False
     )
-    fig.savefig(out, dpi=110)
+    from ettcli.stfile import atomic_path
+
+    with atomic_path(out) as tmp:  # no partial figure on a failed write or a signal
+        fig.savefig(tmp, format=out.suffix.lower().lstrip("."), dpi=110)
     return out
 
 

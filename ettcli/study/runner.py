@@ -54,6 +54,23 @@ def read_result(root: Path, key: str) -> dict | None:
         return None
 
 
+def failure_reason(root: Path, key: str) -> str | None:
+    """The one-line reason of the job's last failed attempt (from ``attempts.jsonl``), if it recorded one."""
+    try:
+        lines = (job_folder(root, key) / ATTEMPTS).read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == "failed" and entry.get("error"):
+            error = str(entry["error"]).splitlines()[0]
+            return error.removeprefix("EttError: ")
+    return None
+
+
 def _note(folder: Path, event: str, **extra) -> None:
     line = {"event": event, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), **extra}
     with open(folder / ATTEMPTS, "a") as fh:
@@ -93,6 +110,15 @@ def run_job(root: str | os.PathLike, key: str, *, threads: int | None = None, lo
     job = read_job(root, key)
     if (folder / RESULT).is_file():
         return "done-before"
+    waiting = [d for d in job.get("deps", []) if not (job_folder(root, d) / RESULT).is_file()]
+    if waiting:  # refused before any attempt is noted: the job has not failed, it cannot start yet
+        first = waiting[0]
+        kind = read_job(root, first).get("kind", "?") if (job_folder(root, first) / JOB).is_file() else "?"
+        more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+        raise EttError(
+            f"job {key} waits on job {first} ({kind}){more}, which has not finished; run that first "
+            f"(ett study job {root} {first}) or let 'ett study run' run the study"
+        )
     lock = JobLock(folder / LOCK)
     if not lock.acquire():
         return "busy"
