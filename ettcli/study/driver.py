@@ -356,6 +356,8 @@ def run_study(
         running = executor.running()
         executor.stop()  # running jobs stop at a checkpoint, or had already finished: say which
         kept = sorted(k for k in running if (job_folder(root, k) / RESULT).is_file())
+        counts.running -= len(running)
+        counts.done += len(kept)
         for key in kept:
             note(Event("done", jobs[key], None, time.monotonic() - started.get(key, time.monotonic())))
         stopped = sorted(set(running) - set(kept))
