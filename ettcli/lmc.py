@@ -598,9 +598,11 @@ def _summary(result: dict) -> dict:
 def _lmc_folder(out, stem_source, identity: dict):
     """The output folder, checked before any work: one holding another measurement is refused."""
     from ettcli.runs import RunFolder, stem_of
+    from ettcli.stfile import check_writable
 
     folder = RunFolder(Path(out), identity) if out else RunFolder.default("lmc-" + stem_of(stem_source), identity)
     folder.state()
+    check_writable(folder.path, folder=True)  # a folder that cannot be written fails here, not after the work
     return folder
 
 

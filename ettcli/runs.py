@@ -7,7 +7,8 @@ the folder lives, worker counts). The folder's ``config.json`` records that iden
 * **fresh**: nothing of a run in it yet;
 * **resumable**: the same identity and a checkpoint, but no final files;
 * **finished**: the same identity and the final files;
-* or it holds a **different run**, which is refused with the settings that differ.
+* or it holds a **different run**, which is refused with the settings that differ, unless that run failed
+  before its first checkpoint (the folder holds only its config): then the new run takes the folder over.
 
 Files, all written atomically: ``config.json`` (identity and settings), ``metrics.jsonl`` (one line per
 epoch), ``checkpoint.pt`` (the loop state), ``summary.json`` and ``final.safetensors`` (the trained
@@ -114,6 +115,8 @@ class RunFolder:
             raise EttError(f"{cfg}: not a valid run config; remove the folder or choose another") from None
         have, want = _flat(have), _flat(json.loads(json.dumps(self.identity)))  # as JSON reads it back
         diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        if diff and not self.holds_work():
+            return "fresh"  # a run that failed before its first checkpoint: nothing to keep, a corrected run takes over
         if diff:
             show = ", ".join(f"{k}: {have.get(k)!r} there, {want.get(k)!r} now" for k in diff[:3])
             raise EttError(
@@ -124,6 +127,25 @@ class RunFolder:
         if self.file(CHECKPOINT).is_file():
             return "resume"
         return "fresh"
+
+    def holds_work(self) -> bool:
+        """Whether the folder holds anything of a run besides its config and lock: a checkpoint, metrics, final
+        files, or, for a folder of runs (IMP's), any of those in a subfolder; or a live process's lock. A folder that
+        holds none (its run failed before its first checkpoint) may be taken over by a run with other settings."""
+        from ettcli.locks import JobLock
+
+        if not self.path.is_dir():
+            return False
+        for p in self.path.rglob("*"):
+            if p.name == LOCK and not p.is_dir():
+                # a live process training a run inside; the folder's own lock is for held() to judge
+                if p.parent != self.path and JobLock(p).busy():
+                    return True
+                continue
+            if p.is_dir() or p.name == CONFIG or (p.name.startswith(".") and p.name.endswith(".tmp")):
+                continue
+            return True
+        return False
 
     @contextlib.contextmanager
     def held(self):

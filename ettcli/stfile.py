@@ -246,6 +246,35 @@ def check_output(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Refuse, before any work, an output that could not be written: a file as :func:`check_output` does, and
+    then whether its folder takes a new file; a ``folder`` (which may not exist yet) by whether its nearest
+    existing parent does. Only a probe file is created there, and removed at once; returns ``path``."""
+    path = Path(path)
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise EttError(f"{path}: exists and is not a folder; choose another output folder")
+        where = path
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        if not where.is_dir():
+            raise EttError(f"{path}: {where} is not a folder; choose another output folder")
+    else:
+        where = check_output(path).parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ett-probe.", suffix=".tmp", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise EttError(
+                f"{path}: cannot write: no space left on the device holding {where}; free space there"
+            ) from None
+        raise EttError(f"{path}: cannot write in {where} ({reason}); choose a folder you can write to") from None
+    return path
+
+
 def _kind(mode: int) -> str:
     for test, word in (
         (stat.S_ISDIR, "a folder"),

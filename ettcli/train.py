@@ -35,7 +35,7 @@ from ettcli.errors import EttError, Terminated, final_output, take_held_signal
 from ettcli.feeders import Feeder, FolderFeeder, MemoryFeeder, iterations_per_epoch
 from ettcli.models import Masker, build_model, model_from_ticket, ticket_from_model
 from ettcli.recipe import FAMILY_DEFAULTS, Recipe, customise, recipe_for
-from ettcli.runs import FINAL, REWIND, SUMMARY, RunFolder, stem_of
+from ettcli.runs import CHECKPOINT, FINAL, REWIND, SUMMARY, RunFolder, stem_of
 from ettcli.steps import Step, format_step, parse_step
 from ettcli.ticket import Ticket, read_ticket
 
@@ -248,7 +248,12 @@ def train_ticket(
         first = start.iterations(per_epoch)
         end = parse_step(stop_at).iterations(per_epoch) if stop_at else total
         snap = parse_step(snapshot_at).iterations(per_epoch) if snapshot_at else None
-        _check_steps(first, end, total, snap, start, per_epoch)
+        epoch_note = (
+            f"an epoch is {per_epoch} iteration(s): {n_train:,} training images"
+            + (f" (--subset {settings.subset})" if settings.subset is not None else "")
+            + f" at batch {batch}"
+        )
+        _check_steps(first, end, total, snap, start, per_epoch, snapshot_at, epoch_note)
         identity = {
             "ticket": tk.fingerprint(),
             "arch": spec.name,
@@ -340,11 +345,15 @@ def train_ticket(
             torch.distributed.destroy_process_group()
 
 
-def _check_steps(first: int, end: int, total: int, snap: int | None, start: Step, per_epoch: int) -> None:
+def _check_steps(
+    first: int, end: int, total: int, snap: int | None, start: Step, per_epoch: int, snap_text=None, note: str = ""
+) -> None:
+    """Refuse a start, stop or snapshot step outside the training; ``note`` says how long an epoch is."""
     if first >= total:
         raise EttError(
-            f"training starts at step {start} ({first} iterations) but the recipe ends at {total}; "
-            "train for more epochs or start from an earlier step"
+            f"training starts at step {start} ({first} iterations) but ends at {format_step(total, per_epoch)} "
+            f"({total} iterations; {note}); "
+            "train for more epochs or on more images, or start from an earlier step"
         )
     if not first < end <= total:
         raise EttError(
@@ -352,9 +361,11 @@ def _check_steps(first: int, end: int, total: int, snap: int | None, start: Step
             f"and not past the end of training ({format_step(total, per_epoch)})"
         )
     if snap is not None and not first <= snap <= end:
+        # the snapshot is IMP's rewind point (level 0 keeps its state there)
         raise EttError(
-            f"snapshot step {format_step(snap, per_epoch)} must lie between the start "
-            f"({format_step(first, per_epoch)}) and the end ({format_step(end, per_epoch)}) of training"
+            f"rewind step {snap_text or format_step(snap, per_epoch)} ({snap} iterations) lies past the end of "
+            f"training at {format_step(end, per_epoch)} ({end} iterations; {note}); choose an earlier --rewind "
+            "(a study's imp.rewind), or train for more epochs or on more images"
         )
 
 
@@ -574,7 +585,7 @@ def run_loop(
             if int(bad) >= 0:
                 raise EttError(
                     f"the training loss became non-finite at step {format_step(int(bad), per_epoch)} "
-                    f"(epoch {epoch + 1}); the last good checkpoint is kept in {run.path}; try a lower learning rate"
+                    f"(epoch {epoch + 1}); {_kept(run)}; try a lower learning rate"
                 )
             at_boundary = st.step % per_epoch == 0 or st.step == cfg.end
             if stop.requested and not at_boundary:
@@ -603,16 +614,19 @@ def run_loop(
             }
             if not math.isfinite(test_loss):
                 raise EttError(
-                    f"the test loss became non-finite after step {row['step']}; the last good checkpoint is kept "
-                    f"in {run.path}; try a lower learning rate"
+                    f"the test loss became non-finite after step {row['step']}; {_kept(run)}; try a lower learning rate"
                 )
             st.metrics.append(row)
             if lead:
                 run.append_metrics(row)
                 run.save_checkpoint(st.checkpoint(model, opt, scaler, st.elapsed + time.perf_counter() - t0))
             hooks.epoch(row)
-            if stop.requested and st.step < cfg.end:
-                raise Interrupted(format_step(st.step, per_epoch), run.path, stop.signum)
+            if stop.requested:
+                break
+    # a stop that arrived during the last step or the final test pass is honoured too: the run ends here with
+    # its checkpoint at the end step (rerunning writes the final files without training again)
+    if stop.requested:
+        raise Interrupted(format_step(st.step, per_epoch), run.path, stop.signum)
 
     masker.apply()
     last = st.metrics[-1]
@@ -633,6 +647,13 @@ def run_loop(
         "seconds": st.elapsed + time.perf_counter() - t0,
         "train_seconds": st.train_seconds,
     }, model
+
+
+def _kept(run: RunFolder) -> str:
+    """What a failed run leaves: its last good checkpoint, or nothing that a corrected command would not replace."""
+    if run.file(CHECKPOINT).is_file():
+        return f"the last good checkpoint is kept in {run.path}"
+    return f"no checkpoint was reached, so a corrected command may reuse {run.path}"
 
 
 def _device_name(device: torch.device) -> str:

@@ -198,7 +198,8 @@ def test_bad_inputs(env, cli, tmp_path, reference):
             "--out",
             tmp_path / "late",
         ),
-        "snapshot step 9ep",
+        "rewind step 9ep (54 iterations) lies past the end of training at 2ep",
+        "choose an earlier --rewind",
     )
 
 

@@ -213,8 +213,12 @@ def register(root: typer.Typer) -> None:
 # --- the body ------------------------------------------------------------------------------------------------------
 def run_prune(m: Method, names: list[str], kw: dict) -> None:
     from ettcli.pruning import prune_run
+    from ettcli.stfile import check_writable
+    from ettcli.ticket import output_format
 
     out: Path = kw["out"]
+    output_format(out)  # an output that could not be written is refused before the scoring
+    check_writable(out)
     exclude = kw.get("exclude")
     if exclude is not None:
         exclude = [] if [e.lower() for e in exclude] == ["none"] else list(exclude)

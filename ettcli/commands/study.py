@@ -93,18 +93,28 @@ def run(
         raise EttError("give --dry-run or --emit, not both")
     if calibrate and not dry_run:
         raise EttError("--calibrate measures speed for the --dry-run estimate; add --dry-run, or drop --calibrate")
+    from ettcli.study.driver import check_data, check_rewinds
+    from ettcli.study.graph import plan_jobs
+
     study = load_study(study_file, out)
     root = study.out
+    check_rewinds(study, plan_jobs(study))  # what would fail every job that trains, on any machine
     if dry_run:
+        try:
+            check_data(study)
+        except EttError as exc:  # the data may be where the jobs will run (a cluster), not here
+            from ettcli.errors import warn
+
+            warn(f"{exc} (the run checks this before starting)")
         _dry_run(study, root, jobs, jobs_per_gpu, executor, calibrate)
         return
+    check_data(study)
+    from ettcli.stfile import check_writable
+
+    check_writable(root, folder=True)  # a study folder that cannot be written: one line, before anything starts
     if emit:
         _emit(study, root)
         return
-    if study.data_root is not None and not Path(study.data_root).exists():
-        raise EttError(
-            f"{study_file}: key 'data_root': {study.data_root} does not exist; expected the dataset's folder"
-        )
     _run(study, root, jobs, jobs_per_gpu, executor)
 
 
@@ -175,13 +185,24 @@ def _dry_run(study, root, jobs, jobs_per_gpu, executor, calibrate) -> None:
 def _emit(study, root) -> None:
     import shlex
 
-    from ettcli.study.driver import ready_jobs, write_jobs
+    from ettcli.study.driver import finished, ready_jobs, write_jobs
     from ettcli.study.graph import plan_jobs
 
     plan = plan_jobs(study)
     write_jobs(study, root, plan)
-    for job in ready_jobs(root, plan):
+    ready = ready_jobs(root, plan)
+    for job in ready:
         typer.echo(shlex.join(["ett", "study", "job", str(root), job.key]))
+    if not ready:
+        done = len(finished(root, plan))
+        if done == len(plan):
+            typer.echo(f"ett: all {done} jobs of the study in {root} are done; nothing to run", err=True)
+        else:
+            typer.echo(
+                f"ett: no job is ready: {done} of {len(plan)} done, the others wait on jobs that are not done "
+                "(failed, or held by another process)",
+                err=True,
+            )
 
 
 def _run(study, root, jobs, jobs_per_gpu, executor_kind) -> None:
@@ -195,18 +216,29 @@ def _run(study, root, jobs, jobs_per_gpu, executor_kind) -> None:
     view = _LiveView(sys.stderr.isatty(), eta)
     typer.echo(f"study {study.name} in {root}: {executor.describe()}", err=True)
 
+    from ettcli.errors import Terminated, signal_name
+
     def terminate(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated(signum)
 
     old = signal.signal(signal.SIGTERM, terminate)
     try:
         with view:
             outcome = run_study(study, root, executor, on_event=view.event)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        stopped, kept = getattr(exc, "stopped", []), getattr(exc, "finished", [])
+        what = []
+        if stopped:
+            what.append(f"{len(stopped)} running job(s) stopped at a checkpoint")
+        if kept:
+            what.append(f"{len(kept)} job(s) had finished and are kept")
         typer.echo(
-            "ett: interrupted; running jobs stopped at a checkpoint; rerun the same command to continue", err=True
+            f"ett: interrupted by {signal_name(signum)}; {', '.join(what) or 'no job was running'}; "
+            "rerun the same command to continue",
+            err=True,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + signum) from None
     finally:
         signal.signal(signal.SIGTERM, old)
     c = outcome.counts
@@ -215,8 +247,11 @@ def _run(study, root, jobs, jobs_per_gpu, executor_kind) -> None:
         f"after a failure; {outcome.rows} rows in {outcome.results}"
     )
     if outcome.failed:
+        from ettcli.study.runner import failure_reason
+
         for key, log in outcome.failed:
-            typer.echo(f"failed: {key}: {log}", err=True)
+            reason = failure_reason(root, key)  # the job's own one-line error, where it recorded one
+            typer.echo(f"failed: {key}: {reason} (log: {log})" if reason else f"failed: {key}: {log}", err=True)
         raise typer.Exit(1)
 
 
@@ -313,18 +348,22 @@ def job(
 
 
 def report(
-    folder: Annotated[Path, typer.Argument(help="The study folder (holds results.jsonl).", metavar="DIR")],
+    folder: Annotated[
+        Path, typer.Argument(help="The study folder (holds results.jsonl), or its study file.", metavar="DIR")
+    ],
 ) -> None:
     """Write DIR/report.md and print it: accuracy per method and sparsity, drop against dense, FLOPs."""
     from ettcli.study.report import write_report
 
-    text, path = write_report(folder)
+    text, path = write_report(_study_folder(folder))
     typer.echo(text)
     typer.echo(f"wrote {path}", err=True)
 
 
 def plot(
-    folder: Annotated[Path, typer.Argument(help="The study folder (holds results.jsonl).", metavar="DIR")],
+    folder: Annotated[
+        Path, typer.Argument(help="The study folder (holds results.jsonl), or its study file.", metavar="DIR")
+    ],
     out: Annotated[
         Path | None, typer.Option("-o", "--out", help="Figure file: .png, .svg or .pdf (default DIR/figure.png).")
     ] = None,
@@ -334,10 +373,28 @@ def plot(
         import matplotlib  # noqa: F401
     except ImportError:
         fail("ett study plot needs matplotlib: pip install -e '.[plots]' (or pip install matplotlib)")
+    from ettcli.stfile import check_writable
     from ettcli.study.plot import plot_study
 
+    folder = _study_folder(folder)
+    if out is not None or folder.is_dir():
+        check_writable(out if out is not None else folder / "figure.png")  # before the figure is drawn
     path = plot_study(folder, out)
     typer.echo(f"wrote {path}")
+
+
+def _study_folder(path: Path) -> Path:
+    """The study folder named by ``path``: the folder itself, or a study file's output folder."""
+    if path.is_file():
+        from ettcli.study.spec import load_study
+
+        folder = load_study(path).out
+        if not folder.is_dir():
+            raise EttError(
+                f"{path} is a study file whose folder {folder} does not exist yet; run 'ett study run {path}'"
+            )
+        return folder
+    return path
 
 
 def register(app: typer.Typer) -> None:

@@ -46,6 +46,15 @@ class Event:
     seconds: float | None = None
 
 
+class StudyInterrupted(KeyboardInterrupt):
+    """The driver was stopped by a signal; the jobs it had running either ``finished`` (their results are kept)
+    or were ``stopped`` at a checkpoint."""
+
+    def __init__(self, signum: int, finished: list[str], stopped: list[str]):
+        super().__init__(signum)
+        self.signum, self.finished, self.stopped = signum, finished, stopped
+
+
 @dataclass
 class Counts:
     total: int = 0
@@ -69,11 +78,62 @@ class Outcome:
     results: Path | None = None
 
 
+def check_rewinds(study: Study, jobs: dict[str, Job]) -> None:
+    """Refuse a rewind step that lies at or past the end of the study's training: every IMP level after the
+    first and every target's rewind run would fail on it."""
+    from ettcli.steps import parse_step
+    from ettcli.study.graph import _schedule
+
+    sched = _schedule(study)
+    per_epoch, total = sched["per_epoch"], sched["total"]
+    for job in jobs.values():
+        rewind = job.spec.get("rewind") if job.kind in ("imp", "rewind") else None
+        if rewind is None:
+            continue
+        its = parse_step(rewind).iterations(per_epoch)
+        if its >= total:
+            images = f"{sched['train']:,} images" + (" (train.subset)" if study.train.get("subset") else "")
+            raise EttError(
+                f"{study.path}: rewind step {rewind} ({its} iterations, for {job.row.get('target') or describe(job)}) "
+                f"lies at or past the end of training ({total} iterations: {sched['epochs']} epoch(s) of {per_epoch}, "
+                f"{images} at batch {sched['batch']}); set an earlier 'rewind' in [imp] (or the source's), "
+                "or train longer"
+            )
+
+
+def check_data(study: Study) -> None:
+    """Refuse a study whose dataset is not where its jobs will look: its ``data_root``, else ``$ETT_DATA``, else
+    the default folder (only the layout is checked; nothing is decoded)."""
+    import os
+
+    from ettcli.data import DATASETS, default_data_root, find_layout
+
+    root = Path(study.data_root) if study.data_root is not None else default_data_root()
+    try:
+        find_layout(DATASETS[study.dataset], root)
+    except EttError as exc:
+        if study.data_root is not None:
+            where = "key 'data_root'"
+        elif os.environ.get("ETT_DATA"):
+            where = "no 'data_root' in the file, and $ETT_DATA"
+        else:
+            where = f"no 'data_root' in the file and $ETT_DATA is not set, so {root}"
+        reason = str(exc).split("; pass --")[0]  # the study file, not a command-line flag, says where data is
+        raise EttError(
+            f"{study.path}: {where}: {reason}; set data_root to the folder holding the {study.dataset} data "
+            "(or $ETT_DATA)"
+        ) from None
+
+
 def write_jobs(study: Study, root: Path, jobs: dict[str, Job]) -> None:
     """Write ``job.json`` of every job whose file is missing or differs, and the study file's copy."""
-    from ettcli.stfile import atomic_path
+    from ettcli.stfile import atomic_path, check_writable
 
-    root.mkdir(parents=True, exist_ok=True)
+    check_writable(root, folder=True)  # a read-only study folder is one line, before anything is written
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EttError(f"{root}: cannot create the study folder ({exc.strerror}); choose another --out") from None
     for job in jobs.values():
         env = {**job.env, "data_root": study.data_root, "workers": study.train.get("workers")}
         content = json.dumps(
@@ -86,7 +146,10 @@ def write_jobs(study: Study, root: Path, jobs: dict[str, Job]) -> None:
             if path.read_text() == content:
                 continue
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise EttError(f"{path.parent}: cannot create the job's folder ({exc.strerror})") from None
         with atomic_path(path) as tmp:
             tmp.write_text(content)
     copy = root / STUDY_COPY
@@ -290,6 +353,20 @@ def run_study(
                 last_results = time.monotonic()
             if not heavy:
                 time.sleep(poll)
+    except KeyboardInterrupt as exc:
+        import signal
+
+        running = executor.running()
+        executor.stop()  # running jobs stop at a checkpoint, or had already finished: say which
+        kept = sorted(k for k in running if (job_folder(root, k) / RESULT).is_file())
+        counts.running -= len(running)
+        counts.done += len(kept)
+        for key in kept:
+            note(Event("done", jobs[key], None, time.monotonic() - started.get(key, time.monotonic())))
+        stopped = sorted(set(running) - set(kept))
+        for key in stopped:
+            note(Event("interrupted", jobs[key], None, time.monotonic() - started.get(key, time.monotonic())))
+        raise StudyInterrupted(getattr(exc, "signum", signal.SIGINT), kept, stopped) from None
     finally:
         executor.stop()  # at the end: ends idle workers; on an interrupt: stops running jobs at a checkpoint
         path, n = write_results(root, jobs)

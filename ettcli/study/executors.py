@@ -173,9 +173,8 @@ class LocalExecutor:
             if w is None:
                 continue
             p, pipe = w
-            if slot not in self.busy:
-                with contextlib.suppress(BrokenPipeError, OSError):
-                    pipe.send(None)
+            with contextlib.suppress(BrokenPipeError, OSError):  # a busy worker reads it once its job has ended
+                pipe.send(None)
             p.join(max(0.0, end - time.monotonic()))
             if p.is_alive():
                 p.kill()

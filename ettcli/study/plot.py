@@ -28,7 +28,10 @@ def plot_study(folder: str | Path, out: str | Path | None = None) -> Path:
     if not out.parent.exists():
         raise EttError(f"{out}: folder {out.parent} does not exist; create it first")
     fig = study_figure(folder)
-    fig.savefig(out, dpi=110)
+    from ettcli.stfile import atomic_path
+
+    with atomic_path(out) as tmp:  # no partial figure on a failed write or a signal
+        fig.savefig(tmp, format=out.suffix.lower().lstrip("."), dpi=110)
     return out
 
 

@@ -64,6 +64,23 @@ def is_finished(root: Path, key: str) -> bool:
     return read_result(root, key) is not None
 
 
+def failure_reason(root: Path, key: str) -> str | None:
+    """The one-line reason of the job's last failed attempt (from ``attempts.jsonl``), if it recorded one."""
+    try:
+        lines = (job_folder(root, key) / ATTEMPTS).read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == "failed" and entry.get("error"):
+            error = str(entry["error"]).splitlines()[0]
+            return error.removeprefix("EttError: ")
+    return None
+
+
 def _note(folder: Path, event: str, **extra) -> None:
     line = {"event": event, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), **extra}
     with open(folder / ATTEMPTS, "a") as fh:
@@ -157,6 +174,15 @@ def run_job(root: str | os.PathLike, key: str, *, threads: int | None = None, lo
     job = read_job(root, key)
     if is_finished(root, key):
         return "done-before"
+    waiting = [d for d in job.get("deps", []) if not is_finished(root, d)]
+    if waiting:  # refused before any attempt is noted: the job has not failed, it cannot start yet
+        first = waiting[0]
+        kind = read_job(root, first).get("kind", "?") if (job_folder(root, first) / JOB).is_file() else "?"
+        more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+        raise EttError(
+            f"job {key} waits on job {first} ({kind}){more}, which has not finished; run that first "
+            f"(ett study job {root} {first}) or let 'ett study run' run the study"
+        )
     lock = JobLock(folder / LOCK)
     if not lock.acquire():
         return "busy"
@@ -420,8 +446,15 @@ def worker_main(conn, threads: int | None, gpu: str | None, driver: int | None =
     """A local executor's worker: receives ``(root, key, environment)``, runs the job, answers its outcome
     (``done``, ``busy``, ``failed``, ``interrupted``); ``None`` or a closed pipe ends it, and so does the end
     of the ``driver`` process (its pid): a running job is then stopped as SIGTERM stops it, at a checkpoint."""
+    import signal
+
+    from ettcli.errors import on_signal
+
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before anything touches CUDA
+    for name in ("SIGTERM", "SIGHUP"):  # the driver's stop: an interrupt, so a job stops cleanly (as under ett)
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
     if driver is not None:
         import threading
 

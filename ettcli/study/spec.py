@@ -260,6 +260,10 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
     import tomllib
 
     path = Path(path)
+    if path.is_dir():
+        copy = path / "study.toml"  # a study folder keeps the study file as last run
+        hint = f" (this study folder keeps a copy of its study file: {copy})" if copy.is_file() else ""
+        raise EttError(f"{path} is a folder; give the study file (TOML){hint}")
     if not path.is_file():
         raise EttError(f"{path}: no such study file; write one with 'ett study init --example cifar10-resnet'")
     try:
