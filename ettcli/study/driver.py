@@ -358,7 +358,7 @@ def run_study(
 
         running = executor.running()
         executor.stop()  # running jobs stop at a checkpoint, or had already finished: say which
-        kept = sorted(k for k in running if (job_folder(root, k) / RESULT).is_file())
+        kept = sorted(k for k in running if is_finished(root, k))
         counts.running -= len(running)
         counts.done += len(kept)
         for key in kept:
