@@ -39,6 +39,8 @@ def train(
     device: opt.Device = "auto",
     precision: opt.Precision = "auto",
     compile_: opt.Compile = False,
+    compile_mode: opt.CompileMode = "default",
+    deterministic: opt.Deterministic = False,
     sync_bn: opt.SyncBn = False,
     workers: opt.Workers = None,
     threads: opt.Threads = None,
