@@ -34,15 +34,12 @@ import torch.nn.functional as F
 from ettcli.errors import EttError, Terminated, final_output, take_held_signal, warn
 from ettcli.feeders import Feeder, FolderFeeder, MemoryFeeder, iterations_per_epoch
 from ettcli.models import Masker, build_model, model_from_ticket, ticket_from_model
-from ettcli.recipe import FAMILY_DEFAULTS, Recipe, customise, recipe_for
+from ettcli.recipe import COMPILE_MODES, FAMILY_DEFAULTS, Recipe, customise, recipe_for
 from ettcli.runs import FINAL, REWIND, SUMMARY, RunFolder, stem_of
 from ettcli.steps import Step, format_step, parse_step
 from ettcli.ticket import Ticket, read_ticket
 
 STOP_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 # --- settings --------------------------------------------------------------------------------------------------

@@ -117,6 +117,7 @@ def _report(summary: dict, out: Path, as_json: bool, finished: bool) -> None:
         f"(best {100 * summary['best_test_accuracy']:.2f}%), sparsity {100 * summary['sparsity']:.2f}%, "
         f"{summary['images_per_second']:.0f} images/s on {summary['device']} {summary['precision']}, "
         f"{summary['seconds']:.1f} s"
+        + (f" ({summary['compile_seconds']:.1f} s compiling)" if summary.get("compile_seconds") else "")
     )
 
 
