@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import make_ticket
 from torch._dynamo.testing import CompileCounter
-from train_util import cifar_subset, needs_cifar
+from train_util import cifar_subset, needs_cifar, needs_cuda
 
 from ettcli import train as train_mod
 from ettcli.errors import EttError, EttWarning
@@ -234,3 +234,27 @@ def test_unknown_compile_mode_is_refused(cli, ticket_file, tmp_path):
 
     r = cli("train", ticket_file(), "--compile", "--compile-mode", "fast", "--out", tmp_path / "run")
     assert_user_error(r, "compile mode fast", "reduce-overhead")
+
+
+@needs_cifar
+@pytest.mark.data
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])],
+)
+def test_interrupted_then_resumed_run_is_bit_identical_under_deterministic(env, tmp_path, device):
+    """Stop mid-epoch (a checkpoint at the step), resume in a fresh call, compare with an uninterrupted run.
+    On a GPU this is the resume that crashed on the RNG state, and --deterministic makes it bit-identical."""
+    from ettcli.train import Interrupted
+
+    settings = _settings(env, deterministic=True, device=device)
+    whole = train_ticket(env["ticket"], settings, folder=tmp_path / "whole")
+    with pytest.raises(Interrupted) as exc:
+        train_ticket(env["ticket"], settings, folder=tmp_path / "cut", hooks=Hooks(stop=lambda s: s == 4))
+    assert exc.value.step == "1ep1it"  # 3 steps an epoch: mid-epoch
+    resumed = train_ticket(env["ticket"], settings, folder=tmp_path / "cut")
+    assert not resumed.already_finished and resumed.summary["device"].startswith(device)
+    got, want = read_ticket(resumed.folder / "final.safetensors"), read_ticket(whole.folder / "final.safetensors")
+    for name, arr in want.arrays():
+        assert np.array_equal(got.array(name), arr), name
+    assert resumed.summary["final_test_accuracy"] == whole.summary["final_test_accuracy"]
