@@ -258,3 +258,21 @@ def test_interrupted_then_resumed_run_is_bit_identical_under_deterministic(env, 
     for name, arr in want.arrays():
         assert np.array_equal(got.array(name), arr), name
     assert resumed.summary["final_test_accuracy"] == whole.summary["final_test_accuracy"]
+
+
+@needs_cuda
+@needs_cifar
+@pytest.mark.gpu
+@pytest.mark.data
+def test_gpu_run_compiled_with_cuda_graphs_and_partial_batches(env, tmp_path):
+    """The real preflight passes on this GPU, and reduce-overhead (inductor, CUDA graphs) trains through
+    partial last batches with pruned weights exactly zero."""
+    assert resolve_device("auto") == "cuda"
+    settings = _settings(env, device="cuda", compile=True, compile_mode="reduce-overhead")
+    r = train_ticket(env["ticket"], settings, folder=tmp_path / "graphs")
+    s = r.summary
+    assert s["precision"] == resolve_precision("auto", "cuda", 0)
+    assert s["compile_seconds"] > 0 and s["steps"] == 6 and np.isfinite(s["final_test_loss"])
+    final = read_ticket(r.folder / "final.safetensors")
+    for name, mask in final.masks.items():
+        assert np.all(final.array(name)[~mask.array] == 0)
