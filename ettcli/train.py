@@ -168,7 +168,7 @@ def resolve_precision(choice: str, device: str, index: int | None = None) -> str
     if choice not in ("auto", "fp32", "bf16", "fp16"):
         raise EttError(f"precision {choice}: choose auto, fp32, bf16 or fp16")
     if device == "cuda":
-        cap = tuple(torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index))
+        cap = tuple(torch.cuda.get_device_capability(index))  # None: the current device
     if choice != "auto":
         if choice == "fp16" and device == "cpu":
             raise EttError("precision fp16 needs a GPU; on a CPU use bf16 or fp32")
