@@ -641,6 +641,7 @@ def run_loop(
     # on CIFAR-10) runs eagerly, so every epoch trains on the same images as without compile and nothing
     # is compiled twice; evaluation runs eagerly too (a third graph would cost more than it saves)
     static = len(range(cfg.rank, recipe.batch_size, cfg.world))
+    graphs = cfg.compile and cfg.device == "cuda" and cfg.compile_mode in ("reduce-overhead", "max-autotune")
     autocast = _autocast(cfg.device, cfg.precision)
 
     def save_rewind() -> None:
@@ -669,6 +670,8 @@ def run_loop(
                 for g in opt.param_groups:
                     g["lr"] = lr
                 net = fast if len(y) == static else runner
+                if graphs and net is fast:
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are not read again
                 timing = settling > 0 and net is fast
                 if timing:
                     _sync(device)
