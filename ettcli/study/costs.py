@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -90,7 +91,6 @@ def calibrate(study: Study, archs, threads: int, steps: int = 30, warmup: int = 
     the speed of the last ``steps``: the first ones pay for CUDA's start, cuDNN's autotuning and compiling,
     which on a GPU take longer than hundreds of steps and would make the estimate far too slow."""
     import tempfile
-    import time
 
     from ettcli.arch import parse_arch
     from ettcli.models import init_ticket
