@@ -117,7 +117,9 @@ def environment() -> dict:
         env["precision_auto"] = resolve_precision("auto", env["device"], 0 if env["device"] == "cuda" else None)
     except EttError as exc:
         env["device"], env["preflight_refused"] = "refused", str(exc)
-    if torch.cuda.is_available():
+    if not torch.cuda.is_available():
+        env["gpu"] = "none (torch.cuda.is_available() is False)"
+    else:
         cap = torch.cuda.get_device_capability(0)
         env.update(
             gpu=torch.cuda.get_device_name(0),
@@ -353,7 +355,7 @@ def markdown(r: dict) -> str:
             out += ["", "## Tests", "", f"`{d['command']}`: {d['summary']}"] + [f"- {x}" for x in d["skipped_reasons"]]
     skipped = [p["part"] for p in r["parts"] if p["status"] == "skipped"]
     if skipped:
-        out += ["", f"Skipped: {', '.join(skipped)} (reasons in the table above)."]
+        out += ["", f"Skipped: {'; '.join(skipped)} (reasons in the table above)."]
     return "\n".join(out) + "\n"
 
 
