@@ -276,3 +276,29 @@ def test_gpu_run_compiled_with_cuda_graphs_and_partial_batches(env, tmp_path):
     final = read_ticket(r.folder / "final.safetensors")
     for name, mask in final.masks.items():
         assert np.all(final.array(name)[~mask.array] == 0)
+
+
+@needs_cifar
+@pytest.mark.data
+def test_ddp_wraps_the_model_before_it_is_compiled(env, tmp_path, monkeypatch):
+    """Compiled around DDP, dynamo splits the graph at DDP's buckets so the gradient all-reduce overlaps the
+    backward pass; DDP around a compiled model all-reduces after it. Rank 0 of two, in a one-process gloo
+    group (every collective completes), is enough to see which wraps which."""
+    import torch.distributed as dist
+
+    wrapped = []
+
+    def compile_(module, mode):
+        wrapped.append(type(module).__name__)
+        return torch.compile(module, backend=CompileCounter())
+
+    monkeypatch.setattr(train_mod, "_compile", compile_)
+    for k, v in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    dist.init_process_group("gloo", init_method=(tmp_path / "pg").as_uri(), rank=0, world_size=1)
+    try:
+        r = train_ticket(env["ticket"], _settings(env, epochs=1, device="cpu", compile=True), folder=tmp_path / "ddp")
+    finally:
+        dist.destroy_process_group()
+    assert wrapped == ["DistributedDataParallel"]
+    assert r.summary["world_size"] == 2 and r.summary["steps"] == 3
