@@ -213,20 +213,20 @@ def test_compiled_step_keeps_one_graph_through_partial_batches_and_evaluation(en
 
 @needs_cifar
 @pytest.mark.data
-def test_one_worker_compiles_several_networks_in_turn(env, tmp_path, counted, monkeypatch):
+def test_one_worker_compiles_several_networks_in_turn(env, tmp_path, counted):
     """A study worker runs job after job in one process; each network gets its own compiled graph instead
     of exhausting dynamo's recompile limit (shrunk here to 1 so that the second network would reach it)."""
     import torch._dynamo.config as dyn
 
-    monkeypatch.setattr(dyn, "recompile_limit", 1)
-    monkeypatch.setattr(dyn, "fail_on_recompile_limit_hit", True)  # a silent fall back to eager would raise
     counter, _ = counted
-    for i, arch in enumerate(["cifar_resnet_8_4", "cifar_resnet_14_4", "cifar_resnet_8_8"]):
-        path = tmp_path / f"{arch}.safetensors"
-        make_ticket(arch, sparsity=0.5).save(path)
-        r = train_ticket(path, _settings(env, epochs=1, compile=True), folder=tmp_path / arch)
-        assert r.summary["steps"] == 3
-        assert counter.frame_count >= i + 1
+    # fail_on_recompile_limit_hit: a silent fall back to eager would raise
+    with dyn.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        for i, arch in enumerate(["cifar_resnet_8_4", "cifar_resnet_14_4", "cifar_resnet_8_8"]):
+            path = tmp_path / f"{arch}.safetensors"
+            make_ticket(arch, sparsity=0.5).save(path)
+            r = train_ticket(path, _settings(env, epochs=1, compile=True), folder=tmp_path / arch)
+            assert r.summary["steps"] == 3
+            assert counter.frame_count >= i + 1
 
 
 def test_unknown_compile_mode_is_refused(cli, ticket_file, tmp_path):
