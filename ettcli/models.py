@@ -64,7 +64,7 @@ class CifarResNet(nn.Module):
     def forward(self, x):
         out = F.relu(self.bn(self.conv(x)))
         out = self.blocks(out)
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = out.mean((2, 3))  # global average pool; adaptive_avg_pool2d has no deterministic CUDA backward
         return self.fc(out)
 
 
@@ -95,7 +95,7 @@ class CifarVGG(nn.Module):
 
     def forward(self, x):
         out = self.layers(x)
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = out.mean((2, 3))  # global average pool; adaptive_avg_pool2d has no deterministic CUDA backward
         return self.fc(out)
 
 
@@ -174,7 +174,7 @@ class ImageNetResNet(nn.Module):
         x = F.max_pool2d(x, 3, stride=2, padding=1)
         for s in range(self.num_stages):
             x = getattr(self, f"layer{s + 1}")(x)
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        x = x.mean((2, 3))  # global average pool; adaptive_avg_pool2d has no deterministic CUDA backward
         return self.fc(x)
 
 

@@ -100,6 +100,10 @@ def _scale(step: Step, f: Fraction, per_epoch: int) -> Step:
     return Step(its // per_epoch, its % per_epoch)
 
 
+# torch.compile's modes, as ``--compile-mode`` and a study's ``train.compile_mode`` offer them (how, not what, a
+# run trains: a recipe does not carry one)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 RECIPES: Registry[Recipe] = Registry("training recipe")
 
 

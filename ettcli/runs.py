@@ -210,12 +210,14 @@ class RunFolder:
 
         save_torch({"identity": self.identity, **state}, self.file(CHECKPOINT))
 
-    def load_checkpoint(self, device) -> dict:
+    def load_checkpoint(self, device=None) -> dict:
+        """The checkpoint, every tensor on the CPU whatever ``device`` the run trains on: the RNG state must
+        stay a CPU ByteTensor, and the model and optimizer copy their tensors to their own device on load."""
         import torch
 
         path = self.file(CHECKPOINT)
         try:
-            ck = torch.load(path, map_location=device, weights_only=True)
+            ck = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged checkpoint: torch raises many types
             raise EttError(f"{path}: cannot read the checkpoint ({type(exc).__name__}); remove it to restart") from None
         if json.loads(json.dumps(ck.get("identity"))) != json.loads(json.dumps(self.identity)):

@@ -122,9 +122,29 @@ def _test_transformed(spec, files: list[Path]) -> torch.Tensor:
 # --- scoring helpers -------------------------------------------------------------------------------------------------
 @contextmanager
 def _exact(device_type: str):
-    """Gradients on, autocast off: scores in the model's own dtype whatever context the caller runs in."""
-    with torch.enable_grad(), torch.autocast(device_type, enabled=False):
+    """Gradients on, autocast off, TF32 off: scores in the model's own dtype whatever context the caller runs in
+    (on GPUs from Ampere on, float32 matmuls and convolutions run in TF32 once training has turned it on)."""
+    with torch.enable_grad(), torch.autocast(device_type, enabled=False), _ieee_fp32():
         yield
+
+
+@contextmanager
+def _ieee_fp32():
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    if not hasattr(matmul, "fp32_precision"):  # PyTorch before 2.9: the legacy flags
+        saved = (matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        return
+    saved = (matmul.fp32_precision, conv.fp32_precision)
+    matmul.fp32_precision = conv.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
 
 
 def _scoring_copy(model: nn.Module, dtype: torch.dtype, bn: str, device: str | torch.device | None = None) -> nn.Module:

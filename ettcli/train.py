@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -31,10 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from ettcli.cpus import threads_for, usable_cpus
-from ettcli.errors import EttError, Terminated, final_output, take_held_signal
+from ettcli.errors import EttError, Terminated, final_output, take_held_signal, warn
 from ettcli.feeders import Feeder, FolderFeeder, MemoryFeeder, iterations_per_epoch
 from ettcli.models import Masker, build_model, model_from_ticket, ticket_from_model
-from ettcli.recipe import FAMILY_DEFAULTS, Recipe, customise, recipe_for
+from ettcli.recipe import COMPILE_MODES, FAMILY_DEFAULTS, Recipe, customise, recipe_for
 from ettcli.runs import CHECKPOINT, FINAL, REWIND, SUMMARY, RunFolder, stem_of
 from ettcli.steps import Step, format_step, parse_step
 from ettcli.ticket import Ticket, read_ticket
@@ -59,7 +60,9 @@ class TrainSettings:
     seed: int = 0  # data order and augmentation
     device: str = "auto"  # auto, cpu or cuda
     precision: str = "auto"  # auto, fp32, bf16 or fp16
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the training step's model (see run_loop)
+    compile_mode: str = "default"  # one of COMPILE_MODES; reduce-overhead replays CUDA graphs
+    deterministic: bool = False  # deterministic kernels only (bit-identical reruns and resumes on a GPU)
     sync_bn: bool = False  # synchronise BatchNorm statistics across processes
     workers: int | None = None  # DataLoader workers (image folders)
     threads: int | None = None  # CPU threads (default: the cores this process may use)
@@ -83,16 +86,66 @@ class TrainSettings:
             raise EttError(f"device {self.device}: choose auto, cpu or cuda")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise EttError(f"precision {self.precision}: choose auto, fp32, bf16 or fp16")
+        if self.compile_mode not in COMPILE_MODES:
+            raise EttError(f"compile mode {self.compile_mode}: choose {', '.join(COMPILE_MODES)}")
 
 
-def resolve_device(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise EttError("device cuda: no CUDA device is available here; use cpu or auto")
-    if choice not in ("cpu", "cuda"):
+def resolve_device(choice: str, index: int = 0) -> str:
+    """``auto``: CUDA where a GPU this PyTorch build can run is present, else the CPU.
+
+    A GPU that the build has no kernels for (:func:`check_cuda_device`) is refused, under ``auto`` too:
+    ``torch.cuda.is_available()`` is true on it, and the first kernel would fail.
+    """
+    if choice not in ("auto", "cpu", "cuda"):
         raise EttError(f"device {choice}: choose auto, cpu or cuda")
-    return choice
+    if choice == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        if choice == "cuda":
+            raise EttError("device cuda: no CUDA device is available here; use cpu or auto")
+        return "cpu"
+    check_cuda_device(index)
+    return "cuda"
+
+
+def _arch_ok(cap: tuple[int, int], archs: list[str]) -> bool:
+    """Whether a device of compute capability ``cap`` runs code from a build for ``archs``.
+
+    ``sm_XY`` machine code runs on devices of major X and minor >= Y (``sm_90a``, ``sm_100f``: the same
+    rule, or stricter); ``compute_XY`` PTX is compiled by the driver for any device of capability >= X.Y.
+    """
+    have = cap[0] * 10 + cap[1]
+    for a in archs:
+        m = re.fullmatch(r"(sm|compute)_(\d+)([a-z]?)", a)
+        if not m:
+            continue
+        v = int(m.group(2))
+        if m.group(1) == "sm" and v // 10 == cap[0] and v % 10 <= cap[1]:
+            return True
+        if m.group(1) == "compute" and not m.group(3) and v <= have:
+            return True
+    return False
+
+
+def check_cuda_device(index: int) -> tuple[int, int]:
+    """The compute capability of GPU ``index``; an EttError if this PyTorch build has no kernels for it.
+
+    Which build to install: CUDA 12.6 wheels carry sm_50 to sm_90 (Maxwell to Hopper), CUDA 12.8 and
+    later ones sm_75 (Turing) and newer, Blackwell included.
+    """
+    cap = tuple(torch.cuda.get_device_capability(index))
+    archs = list(torch.cuda.get_arch_list())
+    if archs and not _arch_ok(cap, archs):
+        name = torch.cuda.get_device_name(index)
+        if cap < (7, 5):
+            fix = "install a PyTorch build for CUDA 12.6 (pip install torch --index-url https://download.pytorch.org/whl/cu126), which supports sm_50 to sm_90"
+        else:
+            fix = "install a newer PyTorch build (CUDA 12.8 or later) whose arch list includes it"
+        raise EttError(
+            f"GPU {index} ({name}, sm_{cap[0]}{cap[1]}) is not supported by this PyTorch build (torch "
+            f"{torch.__version__}, CUDA {torch.version.cuda}, built for {' '.join(archs)}); {fix}, or use --device cpu"
+        )
+    return cap
 
 
 def cpu_has_bf16() -> bool:
@@ -103,21 +156,31 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_precision(choice: str, device: str) -> str:
-    """``auto``: bf16 where the hardware has native bf16 (GPUs from Ampere on, CPUs with AVX512-BF16 or AMX),
-    else fp16 on GPUs (V100, T4 emulate bf16 slowly) and fp32 on CPUs.
+def resolve_precision(choice: str, device: str, index: int | None = None) -> str:
+    """``auto``: bf16 where the hardware has native bf16 (GPUs from Ampere on, sm_80, CPUs with AVX512-BF16
+    or AMX), else fp16 with a gradient scaler on GPUs (V100, T4 emulate bf16 slowly) and fp32 on CPUs.
+
+    ``index`` is the GPU to ask (default: the current one; under torchrun, the process's own after
+    ``set_device``). An explicit bf16 below sm_80 is kept, with a warning: it runs on slow fallback kernels.
 
     Measured on an AMD EPYC with AVX512-BF16 (2 cores): CIFAR ResNet-20 trains about 1.7x faster in bf16
     than in fp32; BENCHMARKS.md has the accuracy effect.
     """
     if choice not in ("auto", "fp32", "bf16", "fp16"):
         raise EttError(f"precision {choice}: choose auto, fp32, bf16 or fp16")
+    if device == "cuda":
+        cap = tuple(torch.cuda.get_device_capability(index))  # None: the current device
     if choice != "auto":
         if choice == "fp16" and device == "cpu":
             raise EttError("precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+        if choice == "bf16" and device == "cuda" and cap[0] < 8:
+            warn(
+                f"precision bf16 on a GPU of compute capability {cap[0]}.{cap[1]}: it has no native bf16 "
+                "(that needs 8.0, Ampere, or newer) and runs slow fallback kernels; --precision auto picks fp16"
+            )
         return choice
     if device == "cuda":
-        return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
+        return "bf16" if cap[0] >= 8 else "fp16"
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
@@ -207,21 +270,19 @@ def train_ticket(
     build_model(spec, seed=None, init=False)  # an architecture without a model fails here, before any data
 
     rank, world, local = _dist_env()
-    dev = resolve_device(settings.device)
-    prec = resolve_precision(settings.precision, dev)
+    dev = resolve_device(settings.device, local)
+    if dev == "cuda":
+        torch.cuda.set_device(local)  # first: under torchrun every later question is about this process's GPU
+    prec = resolve_precision(settings.precision, dev, local if dev == "cuda" else None)
     if settings.sync_bn and dev != "cuda":
         raise EttError("synchronised BatchNorm needs CUDA devices; leave it off on CPUs")
     torch.set_num_threads(threads_for(settings.threads))
-    if dev == "cuda":
-        torch.cuda.set_device(local)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     own_group = world > 1 and not torch.distributed.is_initialized()
     if own_group:
         torch.distributed.init_process_group("nccl" if dev == "cuda" else "gloo")
     stack = contextlib.ExitStack()
     try:
+        stack.enter_context(backend_flags(dev, settings.deterministic))
         device = torch.device(dev, local if dev == "cuda" else None)
         base = recipe_for(ds.name)
         batch = settings.batch_size or base.batch_size
@@ -266,6 +327,11 @@ def train_ticket(
             "device": dev,
             "precision": prec,
             "compile": settings.compile,
+            **(
+                {"compile_mode": settings.compile_mode}
+                if settings.compile and settings.compile_mode != "default"
+                else {}
+            ),
             "sync_bn": settings.sync_bn,
             "world_size": world,
         }
@@ -311,7 +377,9 @@ def train_ticket(
             feeder = MemoryFeeder(data, ds, recipe.batch_size, device, settings.seed, rank, world)
         else:
             feeder = FolderFeeder(*data, recipe.batch_size, device, settings.seed, workers, rank, world)
-        loop = LoopConfig(recipe, first, end, snap, dev, prec, settings.compile, settings.sync_bn, rank, world)
+        loop = LoopConfig(
+            recipe, first, end, snap, dev, prec, settings.compile, settings.sync_bn, rank, world, settings.compile_mode
+        )
         summary, model = run_loop(tk, loop, feeder, run, state == "resume", hooks)
         summary.update({"arch": spec.name, "dataset": ds.name})
         if rank == 0:
@@ -433,6 +501,7 @@ class LoopConfig:
     sync_bn: bool
     rank: int = 0
     world: int = 1
+    compile_mode: str = "default"
 
 
 @dataclass
@@ -442,7 +511,8 @@ class LoopState:
     step: int
     metrics: list[dict] = field(default_factory=list)
     elapsed: float = 0.0  # wall seconds of earlier sessions of this run
-    train_seconds: float = 0.0  # seconds spent in training steps (evaluation excluded)
+    train_seconds: float = 0.0  # seconds spent in training steps (evaluation and compiling excluded)
+    compile_seconds: float = 0.0  # seconds of the compiled model's first steps, almost all of it compiling
     images: float = 0.0
     partial: dict | None = None  # an interrupted epoch's running sums and seconds
 
@@ -462,6 +532,44 @@ class LoopState:
         scaler.load_state_dict(ck["scaler"])
         torch.set_rng_state(ck["rng_cpu"])
         return LoopState(**ck["loop"])
+
+
+@contextlib.contextmanager
+def backend_flags(device: str, deterministic: bool):
+    """cuDNN autotuning and TF32 matmuls and convolutions on CUDA, or deterministic kernels; restored on exit.
+
+    TF32 is set through the ``fp32_precision`` API alone: PyTorch raises when code reads TF32 flags that
+    were set through both it and the legacy ``allow_tf32`` flags. ``deterministic`` turns autotuning off
+    and asks for deterministic algorithms everywhere (an operation without one raises).
+    """
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    new_api = hasattr(matmul, "fp32_precision")
+    saved = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    saved_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    saved_tf32 = (matmul.fp32_precision, cudnn.conv.fp32_precision) if new_api and device == "cuda" else None
+    try:
+        if device == "cuda":
+            cudnn.benchmark = not deterministic
+            if new_api:
+                matmul.fp32_precision = "tf32"
+                cudnn.conv.fp32_precision = "tf32"
+            else:  # PyTorch before 2.9
+                matmul.allow_tf32 = cudnn.allow_tf32 = True
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+            cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True)
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved_warn)
+        if saved_tf32 is not None:
+            matmul.fp32_precision, cudnn.conv.fp32_precision = saved_tf32
+
+
+def _compile(module: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """``torch.compile`` with ``mode`` (one of :data:`COMPILE_MODES`)."""
+    return torch.compile(module, mode=None if mode == "default" else mode)
 
 
 def _autocast(device: str, precision: str):
@@ -524,12 +632,25 @@ def run_loop(
         masker.apply()
         if lead:
             run.rewrite_metrics(st.metrics)
-    fast = torch.compile(model) if cfg.compile else model
-    runner = fast
+    # DDP first, then compile: compiled around DDP, the gradient all-reduce overlaps the backward pass
+    runner = model
     if cfg.world > 1:
         runner = torch.nn.parallel.DistributedDataParallel(
-            fast, device_ids=[device.index] if device.index is not None else None
+            model, device_ids=[device.index] if device.index is not None else None
         )
+    fast = runner
+    # steps until the compiled graphs are built (CUDA graph modes record on the second and third calls)
+    settling = (3 if cfg.compile_mode in ("reduce-overhead", "max-autotune") else 1) if cfg.compile else 0
+    if cfg.compile:
+        # a fresh cache for every run: a study worker training one network after another would otherwise
+        # reach dynamo's recompile limit after a few and silently run the rest eagerly
+        torch._dynamo.reset()
+        fast = _compile(runner, cfg.compile_mode)
+    # the compiled step sees one batch shape: the partial last batch of an epoch (50,000 = 390 x 128 + 80
+    # on CIFAR-10) runs eagerly, so every epoch trains on the same images as without compile and nothing
+    # is compiled twice; evaluation runs eagerly too (a third graph would cost more than it saves)
+    static = len(range(cfg.rank, recipe.batch_size, cfg.world))
+    graphs = cfg.compile and cfg.device == "cuda" and cfg.compile_mode in ("reduce-overhead", "max-autotune")
     autocast = _autocast(cfg.device, cfg.precision)
 
     def save_rewind() -> None:
@@ -549,7 +670,7 @@ def run_loop(
             # loss sum, correct, images, first non-finite step: on the device, read once per epoch
             sums = torch.zeros(3, device=device, dtype=torch.float64)
             bad = torch.full((), -1, device=device, dtype=torch.int64)
-            epoch_s = 0.0
+            epoch_s = epoch_compile = 0.0
             if st.partial is not None:
                 sums, epoch_s, st.partial = st.partial["sums"].to(device), float(st.partial["seconds"]), None
             t_epoch = time.perf_counter()
@@ -557,14 +678,27 @@ def run_loop(
                 lr = recipe.lr_at(st.step, per_epoch)
                 for g in opt.param_groups:
                     g["lr"] = lr
+                net = fast if len(y) == static else runner
+                if graphs and net is fast:
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are not read again
+                timing = settling > 0 and net is fast
+                if timing:
+                    _sync(device)
+                    t_compile = time.perf_counter()
                 with autocast:
-                    logits = runner(x)
+                    logits = net(x)
                     loss = F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 masker.apply()  # momentum and weight decay would otherwise revive pruned weights
+                if timing:
+                    _sync(device)
+                    spent = time.perf_counter() - t_compile
+                    st.compile_seconds += spent
+                    epoch_compile += spent
+                    settling -= 1
                 with torch.no_grad():  # python scalars enter as kernel arguments: no host-device copy
                     sums[0] += loss.detach() * len(y)
                     sums[1] += (logits.argmax(1) == y).sum()
@@ -580,7 +714,7 @@ def run_loop(
                     break
             if cfg.device == "cuda":
                 torch.cuda.synchronize()
-            epoch_s += time.perf_counter() - t_epoch
+            epoch_s += time.perf_counter() - t_epoch - epoch_compile
             elapsed = st.elapsed + time.perf_counter() - t0
             if int(bad) >= 0:
                 raise EttError(
@@ -599,7 +733,10 @@ def run_loop(
             tr = sums.tolist()
             st.train_seconds += epoch_s
             st.images += tr[2]
-            test_loss, test_acc = evaluate(fast, feeder, device, autocast, cfg.world)
+            if cfg.world > 1:  # every rank evaluates the BatchNorm statistics rank 0 saves
+                for b in model.buffers():
+                    torch.distributed.broadcast(b, 0)
+            test_loss, test_acc = evaluate(model, feeder, device, autocast, cfg.world)
             done = st.step / per_epoch
             row = {
                 "epoch": int(done) if done == int(done) else round(done, 4),
@@ -646,6 +783,7 @@ def run_loop(
         "world_size": cfg.world,
         "seconds": st.elapsed + time.perf_counter() - t0,
         "train_seconds": st.train_seconds,
+        "compile_seconds": st.compile_seconds,
     }, model
 
 
@@ -654,6 +792,11 @@ def _kept(run: RunFolder) -> str:
     if run.file(CHECKPOINT).is_file():
         return f"the last good checkpoint is kept in {run.path}"
     return f"no checkpoint was reached, so a corrected command may reuse {run.path}"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _device_name(device: torch.device) -> str:

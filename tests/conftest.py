@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
-SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# the CIFAR-10 copy: the shared tarball, or $ETT_TEST_CIFAR (that tarball, or its extracted train/ and test/ folders)
+SHARED_DATA = Path(os.environ.get("ETT_TEST_CIFAR") or ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 
 
 def make_ticket(arch: str, sparsity: float = 0.0, seed: int = 0, num_classes: int = 10):

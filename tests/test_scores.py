@@ -241,3 +241,21 @@ def test_synflow_round_gives_zero_scores_to_masked_weights():
         params[0][0].zero_()
     s = synflow_round(net, params, (5,))
     assert torch.all(s[0][0] == 0) and torch.all(s[0][1:] > 0)
+
+
+def test_snip_and_grasp_compute_in_ieee_float32_even_after_training_turned_tf32_on():
+    """Training sets TF32 for speed; on GPUs from Ampere on, "float32" scores would then be TF32 products."""
+    from ettcli.train import backend_flags
+
+    net, (x, y) = tiny_net(), batch()
+    seen = []
+
+    def record(module, inputs):
+        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision))
+
+    net[0].register_forward_pre_hook(record)  # the hook travels with the scoring copy
+    with backend_flags("cuda", deterministic=False):  # as train_ticket leaves them during a GPU run
+        snip_scores(net, NAMES, x, y)
+        grasp_scores(net, NAMES, x, y)
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"  # restored after scoring
+    assert seen and all(s == ("ieee", "ieee") for s in seen), seen

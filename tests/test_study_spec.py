@@ -62,6 +62,7 @@ BAD = [
     (BASE.replace("[train]\n", '[train]\nprecision = "fp8"\n'), ["'train.precision'", "'fp32'"]),
     (BASE.replace("[train]\n", '[train]\ndevice = "cpu"\nprecision = "fp16"\n'), ["'train.precision'", "GPU"]),
     (BASE.replace("[train]\n", '[train]\nmilestones = "soon"\n'), ["'train.milestones'", "80ep,120ep"]),
+    (BASE.replace("[train]\n", '[train]\ncompile_mode = "fast"\n'), ["'train.compile_mode'", "'reduce-overhead'"]),
     (BASE.replace('rewind = "2it"', 'rewind = "early"'), ["'imp.rewind'", "1000it"]),
     (BASE.replace("levels = 2\n", "levels = 2\nrate = 1.5\n"), ["'imp.rate'", "strictly between 0 and 1"]),
     (BASE.replace("levels = 2\n", 'levels = 2\nscope = "local"\n'), ["'imp.scope'", "'global' or 'layerwise'"]),
@@ -326,3 +327,13 @@ def test_the_eta_schedules_the_jobs_left_at_the_measured_speed(tmp_path):
     eta.calibrated = {}
     eta.samples.clear()
     assert eta.seconds() is None  # no speed known for an architecture: no estimate
+
+
+def test_compile_mode_and_deterministic_reach_the_training_settings_only_when_given(tmp_path):
+    plain = load_study(write(tmp_path, BASE))
+    assert "compile_mode" not in plain.train and "deterministic" not in plain.train  # jobs keep their names
+    text = BASE.replace(
+        "[train]\n", '[train]\ncompile = true\ncompile_mode = "reduce-overhead"\ndeterministic = true\n'
+    )
+    study = load_study(write(tmp_path, text, "s2.toml"))
+    assert study.train["compile_mode"] == "reduce-overhead" and study.train["deterministic"] is True

@@ -11,7 +11,7 @@ import pytest
 from conftest import SHARED_DATA
 
 needs_cifar = pytest.mark.skipif(
-    not SHARED_DATA.is_file(), reason=f"the CIFAR-10 copy {SHARED_DATA} is absent (see ../shared/data/README.md)"
+    not SHARED_DATA.exists(), reason=f"the CIFAR-10 copy {SHARED_DATA} is absent (see ../shared/data/README.md)"
 )
 needs_cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -27,6 +27,15 @@ def cifar_subset(root: Path, per_class_train: int = 30, per_class_test: int = 10
     if key in _SUBSETS:
         return _SUBSETS[key]
     out = root / f"cifar10-{per_class_train}-{per_class_test}"
+    if SHARED_DATA.is_dir():  # an extracted copy: the first files of every class, by name
+        for split, limit in (("train", per_class_train), ("test", per_class_test)):
+            for cls in sorted(p for p in (SHARED_DATA / split).iterdir() if p.is_dir()):
+                dest = out / split / cls.name
+                dest.mkdir(parents=True, exist_ok=True)
+                for f in sorted(cls.iterdir())[:limit]:
+                    (dest / f.name).write_bytes(f.read_bytes())
+        _SUBSETS[key] = out
+        return out
     counts: dict[tuple[str, str], int] = {}
     with tarfile.open(SHARED_DATA, "r:gz") as tar:
         for member in tar:

@@ -41,7 +41,7 @@ LMC_HELP = (
     "they trained on, is kept)."
 )
 
-_TRAIN_ONLY = ("epochs", "lr", "milestones", "weight_decay", "warmup", "compile_")
+_TRAIN_ONLY = ("epochs", "lr", "milestones", "weight_decay", "warmup", "compile_", "compile_mode", "deterministic")
 
 
 class DefaultToRun(EttGroup):
@@ -111,6 +111,8 @@ def run(
     device: opt.Device = "auto",
     precision: opt.Precision = "auto",
     compile_: opt.Compile = False,
+    compile_mode: opt.CompileMode = "default",
+    deterministic: opt.Deterministic = False,
     threads: opt.Threads = None,
     subset: opt.Subset = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for lmc.json (default under $ETT_RUNS).")] = None,
@@ -134,7 +136,7 @@ def run(
     if pair is not None:
         if ticket is not None:
             raise EttError(f"give a ticket to train ({ticket}) or --pair with two trained tickets, not both")
-        given = [name for name in _TRAIN_ONLY if values[name] not in (None, False)]
+        given = [name for name in _TRAIN_ONLY if values[name] not in (None, False, "default")]
         if seeds != "0,1":
             given.append("seeds")
         if given:

@@ -56,6 +56,8 @@ def imp(
     device: opt.Device = "auto",
     precision: opt.Precision = "auto",
     compile_: opt.Compile = False,
+    compile_mode: opt.CompileMode = "default",
+    deterministic: opt.Deterministic = False,
     workers: opt.Workers = None,
     threads: opt.Threads = None,
     subset: opt.Subset = None,

@@ -45,7 +45,30 @@ Precision = Annotated[
         help="auto (bf16 where the hardware has it natively, else fp16 on GPUs, fp32 on CPUs), fp32, bf16 or fp16.",
     ),
 ]
-Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the model.")]
+Compile = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="torch.compile the training step (one batch shape: an epoch's partial last batch and evaluation "
+        "run eagerly, so the images and the results are those of an uncompiled run). Compile time is reported "
+        "apart from training time.",
+    ),
+]
+CompileMode = Annotated[
+    str,
+    typer.Option(
+        "--compile-mode",
+        help="With --compile: default, reduce-overhead (CUDA graphs: for small networks whose step is bound by "
+        "kernel launches), max-autotune or max-autotune-no-cudagraphs.",
+    ),
+]
+Deterministic = Annotated[
+    bool,
+    typer.Option(
+        "--deterministic",
+        help="Deterministic GPU kernels only (no cuDNN autotuning): reruns and resumes are bit-identical, a little slower.",
+    ),
+]
 SyncBn = Annotated[
     bool,
     typer.Option(
@@ -86,6 +109,8 @@ def settings_from(
     device="auto",
     precision="auto",
     compile_=False,
+    compile_mode="default",
+    deterministic=False,
     sync_bn=False,
     workers=None,
     threads=None,
@@ -109,6 +134,8 @@ def settings_from(
         device=device,
         precision=precision,
         compile=compile_,
+        compile_mode=compile_mode,
+        deterministic=deterministic,
         sync_bn=sync_bn,
         workers=workers,
         threads=threads,

@@ -39,6 +39,8 @@ def train(
     device: opt.Device = "auto",
     precision: opt.Precision = "auto",
     compile_: opt.Compile = False,
+    compile_mode: opt.CompileMode = "default",
+    deterministic: opt.Deterministic = False,
     sync_bn: opt.SyncBn = False,
     workers: opt.Workers = None,
     threads: opt.Threads = None,
@@ -115,6 +117,7 @@ def _report(summary: dict, out: Path, as_json: bool, finished: bool) -> None:
         f"(best {100 * summary['best_test_accuracy']:.2f}%), sparsity {100 * summary['sparsity']:.2f}%, "
         f"{summary['images_per_second']:.0f} images/s on {summary['device']} {summary['precision']}, "
         f"{summary['seconds']:.1f} s"
+        + (f" ({summary['compile_seconds']:.1f} s compiling)" if summary.get("compile_seconds") else "")
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -85,14 +86,17 @@ def cached_throughput(study: Study, archs, threads: int) -> dict[str, float]:
     return {a: cache[_calib_key(study, a, threads)] for a in archs if _calib_key(study, a, threads) in cache}
 
 
-def calibrate(study: Study, archs, threads: int, steps: int = 30) -> dict[str, float]:
-    """Train each architecture for ``steps`` steps on the study's data (``train_ticket``) and cache the speed."""
+def calibrate(study: Study, archs, threads: int, steps: int = 30, warmup: int = 10) -> dict[str, float]:
+    """Train each architecture for ``warmup + steps`` steps on the study's data (``train_ticket``) and cache
+    the speed of the last ``steps``: the first ones pay for CUDA's start, cuDNN's autotuning and compiling,
+    which on a GPU take longer than hundreds of steps and would make the estimate far too slow."""
     import tempfile
 
     from ettcli.arch import parse_arch
     from ettcli.models import init_ticket
+    from ettcli.recipe import recipe_for
     from ettcli.stfile import atomic_path
-    from ettcli.train import TrainSettings, train_ticket
+    from ettcli.train import Hooks, TrainSettings, resolve_device, train_ticket
 
     settings = TrainSettings(
         **{k: v for k, v in study.train.items() if k not in ("epochs",)},
@@ -100,12 +104,28 @@ def calibrate(study: Study, archs, threads: int, steps: int = 30) -> dict[str, f
         data_root=study.data_root,
         threads=threads,
     )
+    batch = settings.batch_size or recipe_for(study.dataset).batch_size
+    cuda = resolve_device(settings.device) == "cuda"
     out = {}
     with tempfile.TemporaryDirectory(prefix="ett-calibrate-") as tmp:
         for arch in archs:
             ticket = init_ticket(parse_arch(arch, num_classes=study.num_classes), 0)
-            res = train_ticket(ticket, settings, folder=Path(tmp) / arch, from_step="0it", stop_at=f"{steps}it")
-            out[arch] = float(res.summary["images_per_second"])
+            marks: dict[int, float] = {}
+
+            def mark(step: int, marks: dict = marks) -> None:
+                if step in (warmup, warmup + steps):
+                    if cuda:
+                        import torch
+
+                        torch.cuda.synchronize()  # the steps queued so far are done
+                    marks[step] = time.perf_counter()
+
+            stop = f"{warmup + steps}it"
+            res = train_ticket(
+                ticket, settings, folder=Path(tmp) / arch, from_step="0it", stop_at=stop, hooks=Hooks(step=mark)
+            )
+            seconds = marks.get(warmup + steps, 0.0) - marks.get(warmup, 0.0)
+            out[arch] = steps * batch / seconds if seconds > 0 else float(res.summary["images_per_second"])
     path = _cache_file()
     try:
         cache = json.loads(path.read_text())

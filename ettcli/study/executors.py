@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,7 +27,11 @@ from ettcli.study.runner import LOG, died, ended_unseen, job_folder
 
 
 def visible_gpus(device: str) -> list[str]:
-    """The GPUs jobs may use (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``); none for ``device = "cpu"``."""
+    """The GPUs jobs may use (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``); none for ``device = "cpu"``.
+
+    A GPU split into MIG instances gives one entry per instance, its ``MIG-`` UUID: a CUDA process sees one
+    MIG instance at most, named that way in ``CUDA_VISIBLE_DEVICES``.
+    """
     if device == "cpu":
         return []
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -39,7 +44,22 @@ def visible_gpus(device: str) -> list[str]:
         out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return [str(i) for i, line in enumerate(x for x in out.splitlines() if x.startswith("GPU "))]
+    gpus: list[list[str]] = []  # per GPU: its index, or its MIG instances' UUIDs
+    for line in out.splitlines():
+        if line.startswith("GPU "):
+            gpus.append([str(len(gpus))])
+        elif gpus and line.strip().startswith("MIG "):
+            m = re.search(r"UUID:\s*(MIG-[^)\s]+)", line)
+            if m:
+                if gpus[-1][0].isdigit():
+                    gpus[-1] = []
+                gpus[-1].append(m.group(1))
+    return [g for per_gpu in gpus for g in per_gpu]
+
+
+def mps_running() -> bool:
+    """Whether the CUDA MPS control daemon is up (its pipe: ``$CUDA_MPS_PIPE_DIRECTORY/control``)."""
+    return (Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY") or "/tmp/nvidia-mps") / "control").exists()
 
 
 def cores() -> int:
@@ -79,6 +99,12 @@ class LocalExecutor:
                 warn(f"{jobs} jobs at once is more than the {n} CPU(s) this process may use; running {n} at once")
             self.slot_gpus = [None] * min(jobs or 1, n)
         self.slots = len(self.slot_gpus)
+        if gpus and jobs_per_gpu > 1 and not mps_running():
+            warn(
+                f"{jobs_per_gpu} jobs per GPU without the CUDA MPS daemon: the GPU runs one process at a time, "
+                "time-sliced, so the jobs share it without overlapping; start MPS (nvidia-cuda-mps-control -d) "
+                "for concurrent kernels, or use jobs_per_gpu = 1"
+            )
         self.threads = threads_per_job(self.slots)
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(["ettcli.study.preload"])

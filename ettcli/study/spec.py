@@ -49,6 +49,8 @@ SCHEMA: dict[str, dict[str, str]] = {
         "device": "'auto', 'cpu' or 'cuda'",
         "precision": "'auto', 'fp32', 'bf16' or 'fp16'",
         "compile": "true or false",
+        "compile_mode": "'default', 'reduce-overhead' (CUDA graphs), 'max-autotune' or 'max-autotune-no-cudagraphs'",
+        "deterministic": "true or false (deterministic GPU kernels: bit-identical reruns)",
         "workers": "an integer, 0 or more",
     },
     "imp": {
@@ -426,6 +428,12 @@ def _train(c: _Checker, t: dict) -> dict:
     if out["precision"] == "fp16" and out["device"] == "cpu":
         raise c.fail("train.precision", "fp16 needs a GPU; expected 'auto', 'fp32' or 'bf16' with device 'cpu'")
     out["compile"] = c.bool_("train.compile", t.get("compile", False), s["compile"])
+    if "compile_mode" in t:  # only when given: the jobs' names stay those of studies written before it
+        from ettcli.recipe import COMPILE_MODES
+
+        out["compile_mode"] = c.choice("train.compile_mode", t["compile_mode"], COMPILE_MODES, s["compile_mode"])
+    if "deterministic" in t:
+        out["deterministic"] = c.bool_("train.deterministic", t["deterministic"], s["deterministic"])
     return out
 
 
