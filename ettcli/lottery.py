@@ -31,9 +31,10 @@ import numpy as np
 
 from ettcli.errors import EttError, warn
 from ettcli.mask import Mask
-from ettcli.pruning import global_topk_masks
+from ettcli.prune_methods import METHODS, Job
 from ettcli.recipe import FAMILY_DEFAULTS
 from ettcli.runs import FINAL, REWIND, SUMMARY, RunFolder
+from ettcli.selection import imp_target
 from ettcli.steps import parse_step
 
 TICKET = "ticket.safetensors"
@@ -56,21 +57,16 @@ class ImpSpec:
             raise EttError(f"scope {self.scope!r}: choose global or layerwise")
 
 
-def prune_level(weights: dict[str, np.ndarray], masks: dict[str, Mask], rate: float, scope: str) -> dict[str, Mask]:
-    """One IMP step: remove ``ceil(rate * remaining)`` of the kept weights with the smallest |w|.
+def prune_level(trained, masks: dict[str, Mask], rate: float, scope: str) -> dict[str, Mask]:
+    """One IMP step: remove ``ceil(rate * remaining)`` of the kept weights with the smallest |w| in ``trained``.
 
-    ``weights`` and ``masks`` cover exactly the tensors being pruned. Globally the count is taken over all
-    of them together; layerwise, per tensor. Already-pruned weights stay pruned, so masks only shrink.
+    The registered ``magnitude`` method, as ``ett prune magnitude`` runs it, on the target
+    :func:`~ettcli.selection.imp_target` sets: ``masks`` cover exactly the tensors being pruned; globally the
+    count is taken over all of them together, layerwise per tensor. Already-pruned weights stay pruned, so
+    masks only shrink.
     """
-    scores = {n: np.where(masks[n].array, np.abs(weights[n].astype(np.float64)), -np.inf) for n in masks}
-    if scope == "layerwise":
-        out = {}
-        for n, s in scores.items():
-            remaining = masks[n].kept
-            out.update(global_topk_masks({n: s}, remaining - math.ceil(rate * remaining)))
-        return out
-    remaining = sum(m.kept for m in masks.values())
-    return global_topk_masks(scores, remaining - math.ceil(rate * remaining))
+    job = Job(METHODS.lookup("magnitude"), trained, None, imp_target(masks, rate, scope), within=masks)
+    return job.method.masks(job)
 
 
 def imp(
@@ -170,39 +166,48 @@ def imp(
     if on_level:
         on_level(rows[-1])
     masks = {n: Mask.ones_like(dense.tensors[n].shape) for n in pruned}
-    previous = level0
     for level in range(1, levels + 1):
         t0 = time.perf_counter()
-        trained = read_ticket(previous / FINAL)
-        before = masks
-        masks = prune_level({n: trained.array(n) for n in pruned}, masks, spec.rate, spec.scope)
-        collapsed = [n for n in pruned if masks[n].kept == 0 < before[n].kept]
-        if collapsed:
-            shown = ", ".join(collapsed[:5]) + (f" and {len(collapsed) - 5} more" if len(collapsed) > 5 else "")
-            warn(f"layer collapse: IMP level {level} keeps no weight in {shown}; no signal passes through that layer")
-        folder = top.path / f"level_{level:02d}"
-        ticket = Ticket.from_arrays(
-            dict(rewound.arrays()),
-            masks,
-            {
-                **{k: v for k, v in rewound.metadata.items() if not k.startswith("ett.imp")},
-                **base_meta,
-                "ett.imp_level": str(level),
-                "ett.rewind_step": rewind,
-                "ett.imp_trained_from": str(previous / FINAL),
-            },
-        )
-        folder.mkdir(parents=True, exist_ok=True)
-        ticket.metadata["ett.sparsity"] = f"{ticket.sparsity():.6f}"
-        ticket = _save_if_changed(ticket, folder / TICKET, {})
+        folder, previous = top.path / f"level_{level:02d}", top.path / f"level_{level - 1:02d}"
+        masks = _next_masks(res.ticket, masks, spec, level)
+        ticket = _save_if_changed(_level_ticket(rewound, masks, base_meta, level, rewind, previous / FINAL),
+                                  folder / TICKET, {})  # fmt: skip
         res = train_ticket(ticket, settings, folder=folder, hooks=hooks_for(level), metadata=base_meta)
         _stop_if_signalled(res)
         rows.append(_row(level, ticket, res, time.perf_counter() - t0))
         if on_level:
             on_level(rows[-1])
-        previous = folder
     top.write_json(LEVELS, rows + _later_levels(top, levels))
     return rows
+
+
+def _next_masks(trained, masks: dict[str, Mask], spec: ImpSpec, level: int) -> dict[str, Mask]:
+    """Level ``level``'s masks, pruned from the level before's (``masks``) by ``trained``'s magnitudes."""
+    after = prune_level(trained, masks, spec.rate, spec.scope)
+    collapsed = [n for n in masks if after[n].kept == 0 < masks[n].kept]
+    if collapsed:
+        shown = ", ".join(collapsed[:5]) + (f" and {len(collapsed) - 5} more" if len(collapsed) > 5 else "")
+        warn(f"layer collapse: IMP level {level} keeps no weight in {shown}; no signal passes through that layer")
+    return after
+
+
+def _level_ticket(rewound, masks: dict[str, Mask], base_meta: dict, level: int, rewind: str, trained_from: Path):
+    """Level ``level``'s ticket: the rewind-step weights (unmasked) under its masks."""
+    from ettcli.ticket import Ticket
+
+    ticket = Ticket.from_arrays(
+        dict(rewound.arrays()),
+        masks,
+        {
+            **{k: v for k, v in rewound.metadata.items() if not k.startswith("ett.imp")},
+            **base_meta,
+            "ett.imp_level": str(level),
+            "ett.rewind_step": rewind,
+            "ett.imp_trained_from": str(trained_from),
+        },
+    )
+    ticket.metadata["ett.sparsity"] = f"{ticket.sparsity():.6f}"
+    return ticket
 
 
 def _later_levels(top: RunFolder, levels: int) -> list[dict]:
@@ -249,6 +254,7 @@ def _save_if_changed(ticket, path: Path, extra: dict):
         have = read_ticket(path)
         if have.fingerprint() == ticket.fingerprint():
             return have
+    path.parent.mkdir(parents=True, exist_ok=True)
     ticket.save(path)
     return read_ticket(path)
 

@@ -156,6 +156,14 @@ class TrainResult:
     folder: Path
     already_finished: bool
     late_signal: int | None = None  # a signal that arrived once the run was complete on disk (it is kept)
+    final: Ticket | None = field(default=None, repr=False)  # the final ticket, where this call trained it
+
+    @property
+    def ticket(self) -> Ticket:
+        """The final ticket (``final.safetensors``): as this call trained it, else read from the run folder."""
+        if self.final is None:
+            self.final = read_ticket(RunFolder.reading(self.folder).file(FINAL))
+        return self.final
 
 
 def train_ticket(
@@ -333,12 +341,13 @@ def train_ticket(
             if stop_at:
                 meta["ett.rewind_step"] = summary["end_step"]
             with final_output():  # once final.safetensors is in place, a signal is held, not raised
-                ticket_from_model(model, tk.masks, meta).save(run.file(FINAL))
+                final = ticket_from_model(model, tk.masks, meta)
+                final.save(run.file(FINAL))
                 run.write_json(SUMMARY, summary)
         late = take_held_signal()
         if world > 1:
             torch.distributed.barrier()  # rank 0's files are complete before anyone returns
-        return TrainResult(summary, run.path, False, late)
+        return TrainResult(summary, run.path, False, late, final if rank == 0 else None)
     finally:
         stack.close()
         if own_group and torch.distributed.is_initialized():
