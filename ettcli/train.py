@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ettcli.cpus import threads_for, usable_cpus
-from ettcli.errors import EttError, Terminated, final_output, take_held_signal
+from ettcli.errors import EttError, Interrupted, Terminated, final_output, take_held_signal
 from ettcli.feeders import Feeder, FolderFeeder, MemoryFeeder, iterations_per_epoch
 from ettcli.models import Masker, build_model, model_from_ticket, ticket_from_model
 from ettcli.recipe import FAMILY_DEFAULTS, Recipe, customise, recipe_for
@@ -140,14 +140,6 @@ class Hooks:
     epoch: Callable[[dict], None] = lambda row: None  # noqa: E731
     stop: Callable[[int], bool] = lambda step: False  # noqa: E731
     info: Callable[[str], None] = lambda line: None  # noqa: E731
-
-
-class Interrupted(Exception):
-    """Training stopped (a signal or ``hooks.stop``) after writing a checkpoint at ``step``."""
-
-    def __init__(self, step: str, folder: Path, signum: int | None):
-        super().__init__(step)
-        self.step, self.folder, self.signum = step, folder, signum
 
 
 @dataclass
