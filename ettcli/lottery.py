@@ -94,8 +94,7 @@ def imp(
         on_level: called with each level's row as it finishes (or is found finished).
         command: recorded as ``ett.command`` in the tickets.
     """
-    from ettcli.models import init_ticket
-    from ettcli.ticket import Ticket, read_ticket
+    from ettcli.ticket import read_ticket
     from ettcli.train import TrainSettings, train_ticket
 
     settings = settings or TrainSettings()
@@ -103,34 +102,10 @@ def imp(
     settings.check()
     if levels < 1:
         raise EttError(f"levels {levels}: IMP needs at least 1 level (level 0 is the dense network)")
-    if isinstance(source, Ticket):
-        dense = source
-    elif isinstance(source, str) and not Path(source).exists() and "/" not in source:
-        from ettcli.arch import parse_arch
-
-        dense = init_ticket(parse_arch(source), seed)
-    else:
-        dense = read_ticket(source)
-    if dense.masks:
-        raise EttError(
-            f"{dense.path or 'the source'} has masks ({100 * dense.sparsity():.2f}% sparse); IMP starts from a dense "
-            "network: pass the dense ticket (e.g. from ett init) or an architecture name"
-        )
+    dense = _dense_source(source, seed)
     family = FAMILY_DEFAULTS.lookup(dense.arch.family)
     rewind = str(parse_step(spec.rewind)) if spec.rewind else str(family.rewind)
-    exclude = tuple(spec.exclude) if spec.exclude is not None else dense.arch.fam.left_dense(dense.arch)
-    prunable = dense.prunable()
-    for name in exclude:
-        if name not in prunable:
-            raise EttError(f"cannot exclude '{name}': {dense.arch.name} has no such prunable tensor")
-    pruned = [n for n in prunable if n not in exclude]
-    sizes = [int(np.prod(dense.tensors[n].shape)) for n in pruned]
-    empty = _empty_level(sizes, spec.rate, levels, spec.scope)
-    if empty is not None:
-        raise EttError(
-            f"levels {levels}: level {empty} would keep none of the {sum(sizes):,} weights IMP prunes ({spec.rate:g} "
-            f"of the remaining ones per level, {spec.scope}); ask for at most {empty - 1} levels"
-        )
+    exclude, pruned = _pruned_tensors(dense, spec, levels)
 
     top = RunFolder(
         Path(out),
@@ -179,6 +154,45 @@ def imp(
             on_level(rows[-1])
     top.write_json(LEVELS, rows + _later_levels(top, levels))
     return rows
+
+
+def _dense_source(source, seed: int):
+    """The dense network IMP starts from: a Ticket, a path to one, or an architecture name initialised with ``seed``."""
+    from ettcli.models import init_ticket
+    from ettcli.ticket import Ticket, read_ticket
+
+    if isinstance(source, Ticket):
+        dense = source
+    elif isinstance(source, str) and not Path(source).exists() and "/" not in source:
+        from ettcli.arch import parse_arch
+
+        dense = init_ticket(parse_arch(source), seed)
+    else:
+        dense = read_ticket(source)
+    if dense.masks:
+        raise EttError(
+            f"{dense.path or 'the source'} has masks ({100 * dense.sparsity():.2f}% sparse); IMP starts from a dense "
+            "network: pass the dense ticket (e.g. from ett init) or an architecture name"
+        )
+    return dense
+
+
+def _pruned_tensors(dense, spec: ImpSpec, levels: int) -> tuple[tuple[str, ...], list[str]]:
+    """The tensors left dense and those IMP prunes; refused where a level up to ``levels`` would keep none."""
+    exclude = tuple(spec.exclude) if spec.exclude is not None else dense.arch.fam.left_dense(dense.arch)
+    prunable = dense.prunable()
+    for name in exclude:
+        if name not in prunable:
+            raise EttError(f"cannot exclude '{name}': {dense.arch.name} has no such prunable tensor")
+    pruned = [n for n in prunable if n not in exclude]
+    sizes = [int(np.prod(dense.tensors[n].shape)) for n in pruned]
+    empty = _empty_level(sizes, spec.rate, levels, spec.scope)
+    if empty is not None:
+        raise EttError(
+            f"levels {levels}: level {empty} would keep none of the {sum(sizes):,} weights IMP prunes ({spec.rate:g} "
+            f"of the remaining ones per level, {spec.scope}); ask for at most {empty - 1} levels"
+        )
+    return exclude, pruned
 
 
 def _next_masks(trained, masks: dict[str, Mask], spec: ImpSpec, level: int) -> dict[str, Mask]:
