@@ -96,7 +96,7 @@ def imp_overhead_seconds(arch: str, tmp: Path) -> float:
     out.mkdir(exist_ok=True)
     t0 = time.perf_counter()
     trained = read_ticket(final)
-    masks = prune_level({n: trained.array(n) for n in masks}, masks, 0.2, "global")
+    masks = prune_level(trained, masks, 0.2, "global")
     state = read_ticket(rewound)
     ticket = Ticket.from_arrays(dict(state.arrays()), masks, {"ett.rewind_step": "1000it"})
     ticket = _save_if_changed(ticket, out / "ticket.safetensors", {})

@@ -31,7 +31,8 @@ _LAZY = {
     "load_model": "ettcli.models",
     "SparsityReport": "ettcli.sparsity",
     "prune": "ettcli.pruning",
-    "METHODS": "ettcli.pruning",
+    "PruneOptions": "ettcli.prune_methods",
+    "METHODS": "ettcli.prune_methods",
 }
 
 __all__ = ["__version__", *_LAZY]

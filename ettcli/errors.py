@@ -45,6 +45,15 @@ class Terminated(KeyboardInterrupt):
         return signal_name(self.signum)
 
 
+class Interrupted(Exception):
+    """Training stopped (a signal or a stop request) after writing a checkpoint at ``step`` in ``folder``; a rerun
+    resumes there. The CLI turns it into one line and exit status 128 + the signal (SIGINT for a stop request)."""
+
+    def __init__(self, step: str, folder, signum: int | None):
+        super().__init__(step)
+        self.step, self.folder, self.signum = step, folder, signum
+
+
 def signal_name(signum: int) -> str:
     import signal
 

@@ -31,9 +31,10 @@ import numpy as np
 
 from ettcli.errors import EttError, warn
 from ettcli.mask import Mask
-from ettcli.pruning import global_topk_masks
+from ettcli.prune_methods import METHODS, Job
 from ettcli.recipe import FAMILY_DEFAULTS
 from ettcli.runs import FINAL, REWIND, SUMMARY, RunFolder
+from ettcli.selection import imp_target
 from ettcli.steps import parse_step
 
 TICKET = "ticket.safetensors"
@@ -56,21 +57,16 @@ class ImpSpec:
             raise EttError(f"scope {self.scope!r}: choose global or layerwise")
 
 
-def prune_level(weights: dict[str, np.ndarray], masks: dict[str, Mask], rate: float, scope: str) -> dict[str, Mask]:
-    """One IMP step: remove ``ceil(rate * remaining)`` of the kept weights with the smallest |w|.
+def prune_level(trained, masks: dict[str, Mask], rate: float, scope: str) -> dict[str, Mask]:
+    """One IMP step: remove ``ceil(rate * remaining)`` of the kept weights with the smallest |w| in ``trained``.
 
-    ``weights`` and ``masks`` cover exactly the tensors being pruned. Globally the count is taken over all
-    of them together; layerwise, per tensor. Already-pruned weights stay pruned, so masks only shrink.
+    The registered ``magnitude`` method, as ``ett prune magnitude`` runs it, on the target
+    :func:`~ettcli.selection.imp_target` sets: ``masks`` cover exactly the tensors being pruned; globally the
+    count is taken over all of them together, layerwise per tensor. Already-pruned weights stay pruned, so
+    masks only shrink.
     """
-    scores = {n: np.where(masks[n].array, np.abs(weights[n].astype(np.float64)), -np.inf) for n in masks}
-    if scope == "layerwise":
-        out = {}
-        for n, s in scores.items():
-            remaining = masks[n].kept
-            out.update(global_topk_masks({n: s}, remaining - math.ceil(rate * remaining)))
-        return out
-    remaining = sum(m.kept for m in masks.values())
-    return global_topk_masks(scores, remaining - math.ceil(rate * remaining))
+    job = Job(METHODS.lookup("magnitude"), trained, None, imp_target(masks, rate, scope), within=masks)
+    return job.method.masks(job)
 
 
 def imp(
@@ -98,8 +94,7 @@ def imp(
         on_level: called with each level's row as it finishes (or is found finished).
         command: recorded as ``ett.command`` in the tickets.
     """
-    from ettcli.models import init_ticket
-    from ettcli.ticket import Ticket, read_ticket
+    from ettcli.ticket import read_ticket
     from ettcli.train import TrainSettings, train_ticket
 
     settings = settings or TrainSettings()
@@ -107,34 +102,10 @@ def imp(
     settings.check()
     if levels < 1:
         raise EttError(f"levels {levels}: IMP needs at least 1 level (level 0 is the dense network)")
-    if isinstance(source, Ticket):
-        dense = source
-    elif isinstance(source, str) and not Path(source).exists() and "/" not in source:
-        from ettcli.arch import parse_arch
-
-        dense = init_ticket(parse_arch(source), seed)
-    else:
-        dense = read_ticket(source)
-    if dense.masks:
-        raise EttError(
-            f"{dense.path or 'the source'} has masks ({100 * dense.sparsity():.2f}% sparse); IMP starts from a dense "
-            "network: pass the dense ticket (e.g. from ett init) or an architecture name"
-        )
+    dense = _dense_source(source, seed)
     family = FAMILY_DEFAULTS.lookup(dense.arch.family)
     rewind = str(parse_step(spec.rewind)) if spec.rewind else str(family.rewind)
-    exclude = tuple(spec.exclude) if spec.exclude is not None else dense.arch.fam.left_dense(dense.arch)
-    prunable = dense.prunable()
-    for name in exclude:
-        if name not in prunable:
-            raise EttError(f"cannot exclude '{name}': {dense.arch.name} has no such prunable tensor")
-    pruned = [n for n in prunable if n not in exclude]
-    sizes = [int(np.prod(dense.tensors[n].shape)) for n in pruned]
-    empty = _empty_level(sizes, spec.rate, levels, spec.scope)
-    if empty is not None:
-        raise EttError(
-            f"levels {levels}: level {empty} would keep none of the {sum(sizes):,} weights IMP prunes ({spec.rate:g} "
-            f"of the remaining ones per level, {spec.scope}); ask for at most {empty - 1} levels"
-        )
+    exclude, pruned = _pruned_tensors(dense, spec, levels)
 
     top = RunFolder(
         Path(out),
@@ -170,39 +141,87 @@ def imp(
     if on_level:
         on_level(rows[-1])
     masks = {n: Mask.ones_like(dense.tensors[n].shape) for n in pruned}
-    previous = level0
     for level in range(1, levels + 1):
         t0 = time.perf_counter()
-        trained = read_ticket(previous / FINAL)
-        before = masks
-        masks = prune_level({n: trained.array(n) for n in pruned}, masks, spec.rate, spec.scope)
-        collapsed = [n for n in pruned if masks[n].kept == 0 < before[n].kept]
-        if collapsed:
-            shown = ", ".join(collapsed[:5]) + (f" and {len(collapsed) - 5} more" if len(collapsed) > 5 else "")
-            warn(f"layer collapse: IMP level {level} keeps no weight in {shown}; no signal passes through that layer")
-        folder = top.path / f"level_{level:02d}"
-        ticket = Ticket.from_arrays(
-            dict(rewound.arrays()),
-            masks,
-            {
-                **{k: v for k, v in rewound.metadata.items() if not k.startswith("ett.imp")},
-                **base_meta,
-                "ett.imp_level": str(level),
-                "ett.rewind_step": rewind,
-                "ett.imp_trained_from": str(previous / FINAL),
-            },
-        )
-        folder.mkdir(parents=True, exist_ok=True)
-        ticket.metadata["ett.sparsity"] = f"{ticket.sparsity():.6f}"
-        ticket = _save_if_changed(ticket, folder / TICKET, {})
+        folder, previous = top.path / f"level_{level:02d}", top.path / f"level_{level - 1:02d}"
+        masks = _next_masks(res.ticket, masks, spec, level)
+        ticket = _save_if_changed(_level_ticket(rewound, masks, base_meta, level, rewind, previous / FINAL),
+                                  folder / TICKET, {})  # fmt: skip
         res = train_ticket(ticket, settings, folder=folder, hooks=hooks_for(level), metadata=base_meta)
         _stop_if_signalled(res)
         rows.append(_row(level, ticket, res, time.perf_counter() - t0))
         if on_level:
             on_level(rows[-1])
-        previous = folder
     top.write_json(LEVELS, rows + _later_levels(top, levels))
     return rows
+
+
+def _dense_source(source, seed: int):
+    """The dense network IMP starts from: a Ticket, a path to one, or an architecture name initialised with ``seed``."""
+    from ettcli.models import init_ticket
+    from ettcli.ticket import Ticket, read_ticket
+
+    if isinstance(source, Ticket):
+        dense = source
+    elif isinstance(source, str) and not Path(source).exists() and "/" not in source:
+        from ettcli.arch import parse_arch
+
+        dense = init_ticket(parse_arch(source), seed)
+    else:
+        dense = read_ticket(source)
+    if dense.masks:
+        raise EttError(
+            f"{dense.path or 'the source'} has masks ({100 * dense.sparsity():.2f}% sparse); IMP starts from a dense "
+            "network: pass the dense ticket (e.g. from ett init) or an architecture name"
+        )
+    return dense
+
+
+def _pruned_tensors(dense, spec: ImpSpec, levels: int) -> tuple[tuple[str, ...], list[str]]:
+    """The tensors left dense and those IMP prunes; refused where a level up to ``levels`` would keep none."""
+    exclude = tuple(spec.exclude) if spec.exclude is not None else dense.arch.fam.left_dense(dense.arch)
+    prunable = dense.prunable()
+    for name in exclude:
+        if name not in prunable:
+            raise EttError(f"cannot exclude '{name}': {dense.arch.name} has no such prunable tensor")
+    pruned = [n for n in prunable if n not in exclude]
+    sizes = [int(np.prod(dense.tensors[n].shape)) for n in pruned]
+    empty = _empty_level(sizes, spec.rate, levels, spec.scope)
+    if empty is not None:
+        raise EttError(
+            f"levels {levels}: level {empty} would keep none of the {sum(sizes):,} weights IMP prunes ({spec.rate:g} "
+            f"of the remaining ones per level, {spec.scope}); ask for at most {empty - 1} levels"
+        )
+    return exclude, pruned
+
+
+def _next_masks(trained, masks: dict[str, Mask], spec: ImpSpec, level: int) -> dict[str, Mask]:
+    """Level ``level``'s masks, pruned from the level before's (``masks``) by ``trained``'s magnitudes."""
+    after = prune_level(trained, masks, spec.rate, spec.scope)
+    collapsed = [n for n in masks if after[n].kept == 0 < masks[n].kept]
+    if collapsed:
+        shown = ", ".join(collapsed[:5]) + (f" and {len(collapsed) - 5} more" if len(collapsed) > 5 else "")
+        warn(f"layer collapse: IMP level {level} keeps no weight in {shown}; no signal passes through that layer")
+    return after
+
+
+def _level_ticket(rewound, masks: dict[str, Mask], base_meta: dict, level: int, rewind: str, trained_from: Path):
+    """Level ``level``'s ticket: the rewind-step weights (unmasked) under its masks."""
+    from ettcli.ticket import Ticket
+
+    ticket = Ticket.from_arrays(
+        dict(rewound.arrays()),
+        masks,
+        {
+            **{k: v for k, v in rewound.metadata.items() if not k.startswith("ett.imp")},
+            **base_meta,
+            "ett.imp_level": str(level),
+            "ett.rewind_step": rewind,
+            "ett.imp_trained_from": str(trained_from),
+        },
+    )
+    ticket.metadata["ett.sparsity"] = f"{ticket.sparsity():.6f}"
+    return ticket
 
 
 def _later_levels(top: RunFolder, levels: int) -> list[dict]:
@@ -249,6 +268,7 @@ def _save_if_changed(ticket, path: Path, extra: dict):
         have = read_ticket(path)
         if have.fingerprint() == ticket.fingerprint():
             return have
+    path.parent.mkdir(parents=True, exist_ok=True)
     ticket.save(path)
     return read_ticket(path)
 

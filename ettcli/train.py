@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ettcli.cpus import threads_for, usable_cpus
-from ettcli.errors import EttError, Terminated, final_output, take_held_signal, warn
+from ettcli.errors import EttError, Interrupted, Terminated, final_output, take_held_signal, warn
 from ettcli.feeders import Feeder, FolderFeeder, MemoryFeeder, iterations_per_epoch
 from ettcli.models import Masker, build_model, model_from_ticket, ticket_from_model
 from ettcli.recipe import COMPILE_MODES, FAMILY_DEFAULTS, Recipe, customise, recipe_for
@@ -205,20 +205,20 @@ class Hooks:
     info: Callable[[str], None] = lambda line: None  # noqa: E731
 
 
-class Interrupted(Exception):
-    """Training stopped (a signal or ``hooks.stop``) after writing a checkpoint at ``step``."""
-
-    def __init__(self, step: str, folder: Path, signum: int | None):
-        super().__init__(step)
-        self.step, self.folder, self.signum = step, folder, signum
-
-
 @dataclass
 class TrainResult:
     summary: dict
     folder: Path
     already_finished: bool
     late_signal: int | None = None  # a signal that arrived once the run was complete on disk (it is kept)
+    final: Ticket | None = field(default=None, repr=False)  # the final ticket, where this call trained it
+
+    @property
+    def ticket(self) -> Ticket:
+        """The final ticket (``final.safetensors``): as this call trained it, else read from the run folder."""
+        if self.final is None:
+            self.final = read_ticket(RunFolder.reading(self.folder).file(FINAL))
+        return self.final
 
 
 def train_ticket(
@@ -401,12 +401,13 @@ def train_ticket(
             if stop_at:
                 meta["ett.rewind_step"] = summary["end_step"]
             with final_output():  # once final.safetensors is in place, a signal is held, not raised
-                ticket_from_model(model, tk.masks, meta).save(run.file(FINAL))
+                final = ticket_from_model(model, tk.masks, meta)
+                final.save(run.file(FINAL))
                 run.write_json(SUMMARY, summary)
         late = take_held_signal()
         if world > 1:
             torch.distributed.barrier()  # rank 0's files are complete before anyone returns
-        return TrainResult(summary, run.path, False, late)
+        return TrainResult(summary, run.path, False, late, final if rank == 0 else None)
     finally:
         stack.close()
         if own_group and torch.distributed.is_initialized():

@@ -197,3 +197,27 @@ def test_a_command_loads_only_its_own_module(argv, modules, tmp_path):
     loaded, heavy = r.stdout.splitlines()[-2:]
     assert loaded == repr(modules)
     assert heavy == ("True False False" if argv[0] == "prune" else "False False False")  # typer has its own click
+
+
+def test_a_stopped_training_is_reported_by_the_cli_layer_for_every_command(capsys):
+    import signal
+    from pathlib import Path
+
+    import typer
+
+    from ettcli.commands.common import handle_errors
+    from ettcli.errors import Interrupted
+    from ettcli.train import Interrupted as FromTrain
+
+    assert FromTrain is Interrupted
+
+    def stopped(signum):
+        raise Interrupted("1ep2it", Path("runs/r8"), signum)
+
+    for signum, name in ((signal.SIGTERM, "SIGTERM"), (None, "a stop request")):
+        with pytest.raises(typer.Exit) as info:
+            handle_errors(stopped)(signum)
+        assert info.value.exit_code == 128 + (signum or signal.SIGINT)
+        assert capsys.readouterr().err == (
+            f"ett: interrupted by {name} at step 1ep2it; checkpoint saved in runs/r8; rerun the same command to resume\n"
+        )

@@ -227,3 +227,37 @@ def test_levels_that_would_empty_the_network_are_refused_and_layer_collapse_is_w
             emptied.append(f"ett: warning: layer collapse: IMP level {level} keeps no weight in {', '.join(gone)}; "
                            "no signal passes through that layer")  # fmt: skip
     assert said == emptied and emptied and "level 12" in emptied[0]
+
+
+def test_a_level_prunes_through_the_registry_exactly_as_ett_prune_magnitude_does(reference):
+    from ettcli.lottery import prune_level
+    from ettcli.pruning import PruneOptions, prune_run
+
+    out, _ = reference
+    # level 1 from the dense network: `ett prune magnitude --like LEVEL1` on level 0's training keeps its mask
+    level1 = read_ticket(_level(out, 1) / "ticket.safetensors")
+    trained = read_ticket(_level(out, 0) / "final.safetensors")
+    same = prune_run(trained, "magnitude", PruneOptions(like=level1)).ticket
+    for name in level1.prunable():
+        assert np.array_equal(same.mask(name).array, level1.mask(name).array), name
+    # a later level: the registry's magnitude method within the level before's mask gives the level's mask
+    level2 = read_ticket(_level(out, 2) / "ticket.safetensors")
+    trained = read_ticket(_level(out, 1) / "final.safetensors")
+    masks = prune_level(trained, {n: level1.mask(n) for n in level1.prunable()}, 0.2, "global")
+    for name in level2.prunable():
+        assert np.array_equal(masks[name].array, level2.mask(name).array), name
+
+
+def test_train_ticket_returns_the_final_ticket_it_wrote(env, reference, tmp_path):
+    from ettcli.train import TrainSettings, train_ticket
+
+    out, _ = reference
+    settings = TrainSettings(data_root=str(env["root"]), epochs=2, batch_size=50)
+    level = _level(out, 1)
+    for folder in (tmp_path / "run", level):  # trained by this call, and found finished
+        res = train_ticket(level / "ticket.safetensors", settings, folder=folder)
+        assert res.already_finished == (folder == level)
+        on_disk = read_ticket(folder / "final.safetensors")
+        assert dict(res.ticket.masks) == dict(on_disk.masks) and res.ticket.metadata["ett.step"] == "2ep"
+        for name, array in on_disk.arrays():
+            assert np.array_equal(res.ticket.array(name), array), name

@@ -337,3 +337,31 @@ def test_compile_mode_and_deterministic_reach_the_training_settings_only_when_gi
     )
     study = load_study(write(tmp_path, text, "s2.toml"))
     assert study.train["compile_mode"] == "reduce-overhead" and study.train["deterministic"] is True
+
+
+def test_every_job_has_its_kinds_typed_spec_and_its_job_file_reads_back_as_it(cli, tmp_path):
+    import json
+
+    from ettcli.study.driver import write_jobs
+    from ettcli.study.jobs import SPECS, spec_of
+    from ettcli.study.runner import JOB, job_folder
+
+    text = (
+        TWO.replace("levels = 2\n", "levels = 2\ntargets = true\n") + '[lmc]\nmethods = ["imp", "ett"]\nlevels = [2]\n'
+    )
+    study = load_study(write(tmp_path, text))
+    jobs = plan_jobs(study)
+    assert {j.kind for j in jobs.values()} == {"imp", "transfer", "train", "dense", "lmc"}
+    write_jobs(study, study.out, jobs)
+    for key, job in jobs.items():
+        assert type(job.spec) is SPECS[job.kind]
+        assert spec_of(json.loads((job_folder(study.out, key) / JOB).read_text())) == job.spec
+    # a job file whose spec lacks a field is refused in one line, before the job starts
+    key = next(k for k, j in jobs.items() if j.kind == "dense")
+    path = job_folder(study.out, key) / JOB
+    damaged = json.loads(path.read_text())
+    del damaged["spec"]["init_seed"]
+    path.write_text(json.dumps(damaged))
+    r = cli("study", "job", study.out, key)
+    assert_user_error(r, str(path), "not a dense job's spec", "init_seed", "rerun 'ett study run'")
+    assert not (job_folder(study.out, key) / "attempts.jsonl").exists()

@@ -32,7 +32,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 from typer.models import ParameterInfo
 
-from ettcli.errors import EttError, EttWarning, signal_name, take_held_signal
+from ettcli.errors import EttError, EttWarning, Interrupted, signal_name, take_held_signal
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -42,7 +42,8 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def handle_errors(fn):
-    """Turn EttError into one line on stderr and exit code 2, and an interrupt into exit code 128 + signal.
+    """Turn EttError into one line on stderr and exit code 2, and an interrupt into exit code 128 + signal
+    (a training stopped at a checkpoint says where, and that rerunning the command resumes it).
 
     An interrupt that arrives after the command's final output was committed (see ``final_output``) is
     held: the command has succeeded, and a note says so.
@@ -55,6 +56,15 @@ def handle_errors(fn):
             result = fn(*args, **kwargs)
         except EttError as exc:
             fail(str(exc))
+        except Interrupted as exc:
+            signum = exc.signum or signal.SIGINT
+            name = signal_name(exc.signum) if exc.signum else "a stop request"
+            typer.echo(
+                f"ett: interrupted by {name} at step {exc.step}; checkpoint saved in {exc.folder}; "
+                "rerun the same command to resume",
+                err=True,
+            )
+            raise typer.Exit(128 + signum) from None
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
             typer.echo(f"ett: interrupted by {signal_name(signum)}", err=True)

@@ -13,7 +13,6 @@ explicit ``ett lmc run plot``).
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -149,28 +148,18 @@ def run(
         if ticket is None:
             raise EttError("give the ticket to train (ett lmc TICKET) or two trained tickets (--pair A B)")
         from ettcli.lmc import run_lmc
-        from ettcli.train import Interrupted
 
         parsed = _parse_seeds(seeds)
-
-        try:
-            record = run_lmc(
-                ticket,
-                settings,
-                seeds=parsed,
-                out=out,
-                hooks_for=lambda seed: _train_hooks(seed, say, first=seed == parsed[0]),
-                on_alpha=on_alpha,
-                metadata={"ett.command": command_line()},
-                **common,
-            )
-        except Interrupted as exc:
-            name = signal.Signals(exc.signum).name if exc.signum else "a stop request"
-            typer.echo(
-                f"ett: interrupted by {name} at step {exc.step} of {exc.folder}; rerun the same command to resume",
-                err=True,
-            )
-            raise typer.Exit(128 + (exc.signum or signal.SIGINT)) from None
+        record = run_lmc(
+            ticket,
+            settings,
+            seeds=parsed,
+            out=out,
+            hooks_for=lambda seed: _train_hooks(seed, say, first=seed == parsed[0]),
+            on_alpha=on_alpha,
+            metadata={"ett.command": command_line()},
+            **common,
+        )
     if as_json:
         typer.echo(json.dumps(record))
         return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -71,7 +70,6 @@ def imp(
     """
     from ettcli.lottery import ImpSpec
     from ettcli.lottery import imp as run_imp
-    from ettcli.train import Interrupted
 
     settings = opt.settings_from(**locals())
     spec = ImpSpec(rate=rate, rewind=rewind, scope=scope, exclude=tuple(exclude) if exclude else None)
@@ -92,24 +90,16 @@ def imp(
             info=say if level == 0 else (lambda line: None),
         )
 
-    try:
-        rows = run_imp(
-            source,
-            settings,
-            levels=levels,
-            out=out,
-            spec=spec,
-            seed=init_seed,
-            hooks_for=hooks_for,
-            command=command_line(),
-        )
-    except Interrupted as exc:
-        name = signal.Signals(exc.signum).name if exc.signum else "a stop request"
-        typer.echo(
-            f"ett: interrupted by {name} at step {exc.step} of {exc.folder.name}; rerun the same command to resume",
-            err=True,
-        )
-        raise typer.Exit(128 + (exc.signum or signal.SIGINT)) from None
+    rows = run_imp(
+        source,
+        settings,
+        levels=levels,
+        out=out,
+        spec=spec,
+        seed=init_seed,
+        hooks_for=hooks_for,
+        command=command_line(),
+    )
     _table(rows, out)
 
 

@@ -212,7 +212,9 @@ def register(root: typer.Typer) -> None:
 
 # --- the body ------------------------------------------------------------------------------------------------------
 def run_prune(m: Method, names: list[str], kw: dict) -> None:
-    from ettcli.pruning import prune_run
+    from dataclasses import fields
+
+    from ettcli.pruning import PruneOptions, prune_run
     from ettcli.stfile import check_writable
     from ettcli.ticket import output_format
 
@@ -222,24 +224,10 @@ def run_prune(m: Method, names: list[str], kw: dict) -> None:
     exclude = kw.get("exclude")
     if exclude is not None:
         exclude = [] if [e.lower() for e in exclude] == ["none"] else list(exclude)
-    match, bn = kw.get("match"), kw.get("bn")
-    result = prune_run(
-        kw["ticket"],
-        m.name,
-        sparsity=kw.get("sparsity"),
-        like=kw.get("like"),
-        match=match.value if match is not None else None,
-        data=kw.get("data_root"),
-        download=kw.get("download", False),
-        dataset=kw.get("dataset"),
-        samples_per_class=kw.get("samples_per_class", 10),
-        bn=bn.value if bn is not None else None,
-        seed=kw.get("seed", 0),
-        invert=kw.get("invert", False),
-        shuffle=kw.get("shuffle"),
-        reinit=kw.get("reinit"),
-        exclude=exclude,
-    )
+    given = {f.name: kw[f.name] for f in fields(PruneOptions) if kw.get(f.name) is not None}
+    given.update(data=kw.get("data_root"), exclude=exclude)
+    given = {k: getattr(v, "value", v) for k, v in given.items()}  # choices arrive as enums
+    result = prune_run(kw["ticket"], m.name, PruneOptions(**given))
     result.ticket.metadata["ett.command"] = command_line()
     with final_output():
         result.ticket.save(out)

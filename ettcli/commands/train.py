@@ -67,7 +67,7 @@ def train(
 
     Example: ett train r56.safetensors --dataset cifar10 --data-root ~/data/cifar10 --epochs 160
     """
-    from ettcli.train import Interrupted, train_ticket
+    from ettcli.train import train_ticket
 
     settings = opt.settings_from(**locals())
     show = not quiet and int(os.environ.get("RANK", "0")) == 0
@@ -83,16 +83,6 @@ def train(
             hooks=progress.hooks() if progress else None,
             metadata={"ett.command": command_line()},
         )
-    except Interrupted as exc:
-        if progress:
-            progress.close()
-        name = signal.Signals(exc.signum).name if exc.signum else "a stop request"
-        typer.echo(
-            f"ett: interrupted by {name} at step {exc.step}; checkpoint saved in {exc.folder}; "
-            "rerun the same command to resume",
-            err=True,
-        )
-        raise typer.Exit(128 + (exc.signum or signal.SIGINT)) from None
     finally:
         if progress:
             progress.close()

@@ -27,6 +27,7 @@ from pathlib import Path
 from ettcli.errors import EttError
 from ettcli.locks import JobLock
 from ettcli.study.graph import Job, describe, plan_jobs
+from ettcli.study.jobs import ImpJob, RewindJob
 from ettcli.study.runner import JOB, LOCK, is_finished, job_folder, read_result, run_job
 from ettcli.study.spec import Study
 
@@ -87,7 +88,7 @@ def check_rewinds(study: Study, jobs: dict[str, Job]) -> None:
     sched = schedule(study)
     per_epoch, total = sched["per_epoch"], sched["total"]
     for job in jobs.values():
-        rewind = job.spec.get("rewind") if job.kind in ("imp", "rewind") else None
+        rewind = job.spec.rewind if isinstance(job.spec, (ImpJob, RewindJob)) else None
         if rewind is None:
             continue
         its = parse_step(rewind).iterations(per_epoch)
@@ -137,7 +138,14 @@ def write_jobs(study: Study, root: Path, jobs: dict[str, Job]) -> None:
     for job in jobs.values():
         env = {**job.env, "data_root": study.data_root, "workers": study.train.get("workers")}
         content = json.dumps(
-            {"key": job.key, "kind": job.kind, "spec": job.spec, "deps": list(job.deps), "row": job.row, "env": env},
+            {
+                "key": job.key,
+                "kind": job.kind,
+                "spec": job.spec.identity(),
+                "deps": list(job.deps),
+                "row": job.row,
+                "env": env,
+            },
             indent=1,
             sort_keys=True,
         )

@@ -14,7 +14,7 @@ Kinds, and what each one's output is:
 * ``lmc``: the linear path between the trainings of one ticket with the two ``[lmc]`` seeds
   (:func:`ettcli.lmc.lmc_pair`); it trains nothing. Output: ``jobs/<key>/lmc/lmc.json``.
 
-A job's *identity* is a JSON dict of its settings and its inputs, inputs named by their own job keys, so the
+Each kind's spec is a dataclass of :mod:`ettcli.study.jobs`. A job's *identity* is a JSON dict of its settings and its inputs, inputs named by their own job keys, so the
 key (``kind-readable-hash``, :func:`ettcli.runs.identity_hash`) covers everything upstream: editing the study
 to add seeds, targets or methods adds jobs and keeps every existing key, and changing a setting makes new
 keys for exactly the jobs it affects. Torch-free.
@@ -26,10 +26,10 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from ettcli.runs import FINAL, identity_hash
+from ettcli.study.jobs import DenseJob, ImpJob, JobSpec, LmcJob, PruneJob, RewindJob, TrainJob, TransferJob
 from ettcli.study.spec import Study
 
 LIGHT = frozenset({"transfer"})  # cheap, torch-free jobs that the driver runs itself
-KINDS = ("imp", "rewind", "transfer", "prune", "train", "dense", "lmc")
 JOBS_DIR = "jobs"
 IMP_DIR = "imp"
 TICKET = "ticket.safetensors"
@@ -37,11 +37,11 @@ TICKET = "ticket.safetensors"
 
 @dataclass(frozen=True)
 class Job:
-    """One node of the graph. ``spec`` is the identity (JSON); ``deps`` are the keys it waits for."""
+    """One node of the graph. ``spec`` is the identity (its kind's dataclass); ``deps`` are the keys it waits for."""
 
     key: str
     kind: str
-    spec: dict
+    spec: JobSpec
     deps: tuple[str, ...] = ()
     row: dict = field(default_factory=dict)  # what its results rows say (target, method, source, level, ...)
     cost: dict = field(default_factory=dict)  # arch, images trained, density, evaluation images: for estimates
@@ -57,7 +57,7 @@ class Job:
     def output(self) -> str:
         """The path (relative to the study folder) of the ticket this job makes."""
         if self.kind == "imp":
-            return f"{self.spec['folder']}/level_{self.spec['level']:02d}/{TICKET}"
+            return f"{self.spec.folder}/level_{self.spec.level:02d}/{TICKET}"
         if self.kind == "rewind":
             return f"{self.folder()}/run/{FINAL}"
         return f"{self.folder()}/{TICKET}"
@@ -81,10 +81,11 @@ class _Graph:
         self.jobs: dict[str, Job] = {}
         self.root = root  # the study folder, where jobs named the earlier way may exist
 
-    def add(self, kind: str, readable: str, spec: dict, deps=(), row=None, cost=None, env=None, legacy=None) -> Job:
+    def add(self, spec: JobSpec, readable: str, deps=(), row=None, cost=None, env=None, legacy=None) -> Job:
         """Add a job; ``legacy``: the readable name earlier versions gave it (with empty fields, such as
         ``random---L01``), kept where a job folder of that name exists so that its work is not redone."""
-        identity = {"kind": kind, **spec}
+        kind = spec.kind
+        identity = {"kind": kind, **spec.identity()}
         key = job_key(kind, readable, identity)
         if legacy is not None and legacy != readable and self.root is not None:
             old = job_key(kind, legacy, identity)
@@ -169,9 +170,8 @@ def plan_jobs(study: Study) -> dict[str, Job]:
             c = cost(spec, rw_its, keep**level, extra_steps=dense_part)
             c["dense_images"] = dense_part * sched["batch"]
             job = g.add(
-                "imp",
+                ImpJob(**identity, level=level, folder=folder),
                 f"{label}-L{level:02d}",
-                {**identity, "level": level, "folder": folder},
                 deps=[prev.key] if prev else [],
                 row={"target": spec.name, "method": "imp", "network": label},
                 cost=c,
@@ -186,29 +186,24 @@ def plan_jobs(study: Study) -> dict[str, Job]:
         if study.baselines.methods:
             rw = _rewind_of(study, tgt, study.imp.rewind)
             rewinds[t] = g.add(
-                "rewind",
+                RewindJob(
+                    arch=t,
+                    num_classes=study.num_classes,
+                    init_seed=study.imp.init_seed,
+                    rewind=rw,
+                    settings=settings(study.imp.seed),
+                ),  # fmt: skip
                 t,
-                {
-                    "arch": t,
-                    "num_classes": study.num_classes,
-                    "init_seed": study.imp.init_seed,
-                    "rewind": rw,
-                    "settings": settings(study.imp.seed),
-                },  # fmt: skip
                 row={"target": t},
                 cost=cost(tgt, total - parse_step(rw).iterations(per_epoch), 1.0),
             )
         if study.dense:
             for seed in study.seeds:
                 g.add(
-                    "dense",
+                    DenseJob(
+                        arch=t, num_classes=study.num_classes, init_seed=study.imp.init_seed, settings=settings(seed)
+                    ),  # fmt: skip
                     f"{t}-s{seed}",
-                    {
-                        "arch": t,
-                        "num_classes": study.num_classes,
-                        "init_seed": study.imp.init_seed,
-                        "settings": settings(seed),
-                    },  # fmt: skip
                     row={"target": t, "method": "dense", "level": 0, "seed": seed},
                     cost=cost(tgt, 0, 1.0),
                 )
@@ -222,12 +217,11 @@ def plan_jobs(study: Study) -> dict[str, Job]:
         for seed in study.seeds:
             if ticket_job.kind == "imp" and seed == study.imp.seed:
                 # IMP's own training of this level is the run with its seed
-                trained[seed] = (ticket_job, f"{ticket_job.spec['folder']}/level_{level:02d}/{FINAL}")
+                trained[seed] = (ticket_job, f"{ticket_job.spec.folder}/level_{level:02d}/{FINAL}")
                 continue
             j = g.add(
-                "train",
+                TrainJob(ticket=ticket_job.key, ticket_path=ticket_path, settings=settings(seed)),
                 f"{readable}-s{seed}",
-                {"ticket": ticket_job.key, "ticket_path": ticket_path, "settings": settings(seed)},
                 deps=[ticket_job.key],
                 row={**row, "level": level, "seed": seed},
                 cost=cost(arch, start, keep**level),
@@ -240,17 +234,16 @@ def plan_jobs(study: Study) -> dict[str, Job]:
         images = lmc.alphas * ((lmc.bn_batches * sched["batch"] if lmc.bn_reset else 0) + sched["test"]
                                + min(lmc.train_images, sched["train"]))  # fmt: skip
         g.add(
-            "lmc",
-            f"{readable}-s{lmc.seeds[0]}-s{lmc.seeds[1]}",
-            {
-                "a": ja.key,
-                "a_path": pa,
-                "b": jb.key,
-                "b_path": pb,
-                "seeds": list(lmc.seeds),
-                "settings": _training(study),
+            LmcJob(
+                a=ja.key,
+                a_path=pa,
+                b=jb.key,
+                b_path=pb,
+                seeds=list(lmc.seeds),
+                settings=_training(study),
                 **{k: v for k, v in asdict(lmc).items() if k not in ("methods", "levels", "seeds")},
-            },
+            ),
+            f"{readable}-s{lmc.seeds[0]}-s{lmc.seeds[1]}",
             deps=[ja.key, jb.key],
             row={**row, "level": level},
             cost={**cost(arch, total, keep**level), "eval_images": images},
@@ -272,15 +265,10 @@ def plan_jobs(study: Study) -> dict[str, Job]:
                 for v in study.transfers.get((src.label, t), ()):
                     up = imp_level[(src.label, level)]
                     j = g.add(
-                        "transfer",
+                        TransferJob(
+                            ticket=up.key, ticket_path=up.output(), level=level, target=list(tgt.stages), **asdict(v)
+                        ),  # fmt: skip
                         f"{t}-from-{src.label}-L{level:02d}-{v.label}",
-                        {
-                            "ticket": up.key,
-                            "ticket_path": up.output(),
-                            "level": level,
-                            "target": list(tgt.stages),
-                            **asdict(v),
-                        },  # fmt: skip
                         deps=[up.key],
                         row={"target": t},
                     )
@@ -294,19 +282,18 @@ def plan_jobs(study: Study) -> dict[str, Job]:
                 like_of = (like.get("like_source", "imp"), like.get("like_variant", ""))
                 fields = (t, method, f"L{level:02d}", "like", *like_of)
                 j = g.add(
-                    "prune",
+                    PruneJob(
+                        ticket=rewinds[t].key,
+                        ticket_path=rewinds[t].output(),
+                        like=ref.key,
+                        like_path=ref.output(),
+                        method=method,
+                        match=b.match,
+                        seed=b.seed,
+                        samples_per_class=b.samples_per_class,
+                        dataset=study.dataset,
+                    ),  # fmt: skip
                     _readable(*fields),
-                    {
-                        "ticket": rewinds[t].key,
-                        "ticket_path": rewinds[t].output(),
-                        "like": ref.key,
-                        "like_path": ref.output(),
-                        "method": method,
-                        "match": b.match,
-                        "seed": b.seed,
-                        "samples_per_class": b.samples_per_class,
-                        "dataset": study.dataset,
-                    },  # fmt: skip
                     deps=[rewinds[t].key, ref.key],
                     row={"target": t},
                     legacy="-".join(fields),
@@ -318,18 +305,18 @@ def plan_jobs(study: Study) -> dict[str, Job]:
 def describe(job: Job) -> str:
     """A short human description of a job, for logs and progress."""
     r, s = job.row, job.spec
-    if job.kind == "imp":
-        return f"IMP {r.get('network')} level {s['level']}"
-    if job.kind == "transfer":
-        return f"transfer level {s['level']} to {r['target']} ({s['label']})"
-    if job.kind == "prune":
-        return f"{s['method']} on {r['target']}"
+    if isinstance(s, ImpJob):
+        return f"IMP {r.get('network')} level {s.level}"
+    if isinstance(s, TransferJob):
+        return f"transfer level {s.level} to {r['target']} ({s.label})"
+    if isinstance(s, PruneJob):
+        return f"{s.method} on {r['target']}"
     if job.kind == "rewind":
         return f"rewind point of {r['target']}"
     if job.kind == "dense":
         return f"dense {r['target']} seed {r['seed']}"
     if job.kind == "lmc":
         src = f" <- {r['source']}" if r.get("source") else ""
-        return f"LMC {r['method']}{src} on {r['target']} level {r['level']} (seeds {s['seeds'][0]}, {s['seeds'][1]})"
+        return f"LMC {r['method']}{src} on {r['target']} level {r['level']} (seeds {s.seeds[0]}, {s.seeds[1]})"
     src = f" <- {r['source']}" if r.get("source") else ""
     return f"train {r['method']}{src} on {r['target']} level {r['level']} seed {r['seed']}"

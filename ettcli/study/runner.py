@@ -6,7 +6,8 @@ A job's folder ``DIR/jobs/KEY/`` holds ``job.json`` (written by the driver: kind
 once finished, ``result.json`` (its results rows and outputs). A finished job is never run again; one whose
 lock is held by a live process is left to it (``"busy"``).
 
-The work itself composes the core: :func:`ettcli.lottery.imp` level by level, :func:`ettcli.train.train_ticket`
+Each kind has its public function here (:data:`RUNNERS`: ``run_imp``, ``run_train``, ...), which takes the
+job's typed spec (:mod:`ettcli.study.jobs`). The work itself composes the core: :func:`ettcli.lottery.imp` level by level, :func:`ettcli.train.train_ticket`
 (``stop_at`` for rewind points), :func:`ettcli.transform.apply_plan` and :func:`ettcli.pruning.prune`.
 torch is imported only by the kinds that train or score.
 """
@@ -22,10 +23,21 @@ import time
 import traceback
 from pathlib import Path
 
-from ettcli.errors import EttError
+from ettcli.errors import EttError, Interrupted
 from ettcli.locks import JobLock
 from ettcli.runs import FINAL, RunFolder
 from ettcli.study.graph import JOBS_DIR
+from ettcli.study.jobs import (
+    DenseJob,
+    ImpJob,
+    JobSpec,
+    LmcJob,
+    PruneJob,
+    RewindJob,
+    TrainJob,
+    TransferJob,
+    spec_of,
+)
 
 JOB = "job.json"
 RESULT = "result.json"
@@ -183,6 +195,10 @@ def run_job(root: str | os.PathLike, key: str, *, threads: int | None = None, lo
             f"job {key} waits on job {first} ({kind}){more}, which has not finished; run that first "
             f"(ett study job {root} {first}) or let 'ett study run' run the study"
         )
+    try:
+        spec = spec_of(job)
+    except EttError as exc:
+        raise EttError(f"{folder / JOB}: {exc}; rerun 'ett study run' to rewrite it") from None
     lock = JobLock(folder / LOCK)
     if not lock.acquire():
         return "busy"
@@ -197,7 +213,7 @@ def run_job(root: str | os.PathLike, key: str, *, threads: int | None = None, lo
                 if log:
                     print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()} pid {os.getpid()}: {key}")
                 try:
-                    rows, outputs = KINDS[job["kind"]](root, job, threads)
+                    rows, outputs = RUNNERS[spec.kind](root, job, spec, threads)
                 except EttError as exc:
                     print(f"ett: error: {exc}", file=sys.stderr)
                     raise
@@ -219,16 +235,15 @@ def run_job(root: str | os.PathLike, key: str, *, threads: int | None = None, lo
 
 
 def _interrupted(exc: BaseException) -> bool:
-    return isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Interrupted"
+    return isinstance(exc, (KeyboardInterrupt, Interrupted))
 
 
 # --- the kinds ------------------------------------------------------------------------------------------------
-def _settings(job: dict, threads: int | None, seed_from: dict | None = None):
+def _settings(job: dict, spec: JobSpec, threads: int | None):
     from ettcli.train import TrainSettings
 
-    s = dict((seed_from or job["spec"])["settings"])
     env = job.get("env", {})
-    return TrainSettings(**s, data_root=env.get("data_root"), workers=env.get("workers"), threads=threads)
+    return TrainSettings(**spec.settings, data_root=env.get("data_root"), workers=env.get("workers"), threads=threads)
 
 
 def _hooks(label: str):
@@ -283,14 +298,14 @@ def _row(root: Path, job: dict, run_folder: Path, ticket, **extra) -> dict:
     }
 
 
-def _imp(root: Path, job: dict, threads):
+def run_imp(root: Path, job: dict, s: ImpJob, threads: int | None) -> tuple[list[dict], dict]:
+    """IMP up to ``s.level`` in the study's IMP folder (earlier levels are found finished); rows of its levels."""
     from ettcli.arch import parse_arch
     from ettcli.lottery import ImpSpec, imp
     from ettcli.models import init_ticket
     from ettcli.ticket import read_ticket
 
-    s = job["spec"]
-    src = s["source"]
+    src = s.source
     if "arch" in src:
         source = init_ticket(parse_arch(src["arch"], num_classes=src["num_classes"]), src["init_seed"])
     else:
@@ -299,69 +314,69 @@ def _imp(root: Path, job: dict, threads):
             raise EttError(
                 f"{job['env']['source_ticket']} changed since the study was planned; rerun 'ett study run' to plan it again"
             )
-    out = root / s["folder"]
+    out = root / s.folder
     rows = imp(
         source,
-        _settings(job, threads),
-        levels=s["level"],
+        _settings(job, s, threads),
+        levels=s.level,
         out=out,
-        spec=ImpSpec(rate=s["rate"], rewind=s["rewind"], scope=s["scope"]),
+        spec=ImpSpec(rate=s.rate, rewind=s.rewind, scope=s.scope),
         seed=src.get("init_seed", 0),
         hooks_for=lambda level: _hooks(f"level {level}"),
         command="ett study run",
     )
-    mine = [r for r in rows if r["level"] == s["level"] or (s["level"] == 1 and r["level"] == 0)]
-    seed = s["settings"]["seed"]
+    mine = [r for r in rows if r["level"] == s.level or (s.level == 1 and r["level"] == 0)]
+    seed = s.settings["seed"]
     result = []
     for r in mine:
         level_dir = Path(r["folder"])
         ticket = read_ticket(level_dir / "ticket.safetensors")
         result.append(_row(root, job, level_dir, ticket, level=r["level"], seed=seed))
-    return result, {"folder": s["folder"]}
+    return result, {"folder": s.folder}
 
 
-def _rewind(root: Path, job: dict, threads):
+def run_rewind(root: Path, job: dict, s: RewindJob, threads: int | None) -> tuple[list[dict], dict]:
+    """A target trained dense from its initialisation to the rewind step; no rows."""
     from ettcli.arch import parse_arch
     from ettcli.models import init_ticket
     from ettcli.train import train_ticket
 
-    s = job["spec"]
-    dense = init_ticket(parse_arch(s["arch"], num_classes=s["num_classes"]), s["init_seed"])
+    dense = init_ticket(parse_arch(s.arch, num_classes=s.num_classes), s.init_seed)
     folder = job_folder(root, job["key"]) / "run"
-    train_ticket(dense, _settings(job, threads), folder=folder, from_step="0it", stop_at=s["rewind"],
+    train_ticket(dense, _settings(job, s, threads), folder=folder, from_step="0it", stop_at=s.rewind,
                  hooks=_hooks("rewind"), metadata={"ett.command": "ett study run"})  # fmt: skip
     return [], {"ticket": _rel(root, folder / FINAL)}
 
 
-def _transfer(root: Path, job: dict, threads):
+def run_transfer(root: Path, job: dict, s: TransferJob, threads: int | None) -> tuple[list[dict], dict]:
+    """A ticket stretched or squeezed to the target (torch-free); no rows."""
     from ettcli.plan import make_plan
     from ettcli.ticket import read_ticket
     from ettcli.transform import apply_plan
 
-    s = job["spec"]
-    ticket = read_ticket(root / s["ticket_path"])
+    ticket = read_ticket(root / s.ticket_path)
     option = {}
-    if s["mapping"]:
-        option["mapping"] = s["mapping"]
+    if s.mapping:
+        option["mapping"] = s.mapping
     else:
-        option["order" if s["verb"] == "stretch" else "drop"] = s["preset"]
-    plan = make_plan(ticket.arch, stages=tuple(s["target"]), verb=s["verb"], **option)
-    out = apply_plan(ticket, plan, s["random_copies"], s["verb"])
+        option["order" if s.verb == "stretch" else "drop"] = s.preset
+    plan = make_plan(ticket.arch, stages=tuple(s.target), verb=s.verb, **option)
+    out = apply_plan(ticket, plan, s.random_copies, s.verb)
     out.metadata["ett.command"] = "ett study run"
     path = job_folder(root, job["key"]) / "ticket.safetensors"
     out.save(path)
     return [], {"ticket": _rel(root, path), "sparsity": out.sparsity()}
 
 
-def _prune(root: Path, job: dict, threads):
+def run_prune(root: Path, job: dict, s: PruneJob, threads: int | None) -> tuple[list[dict], dict]:
+    """A baseline pruned from the target's rewind weights, matched to the reference ticket; no rows."""
     from ettcli.pruning import METHODS, prune
 
-    s = job["spec"]
-    method = METHODS.lookup(s["method"])
-    match = s["match"] if s["match"] in method.matches else None
-    kwargs = {"like": root / s["like_path"], "seed": s["seed"], "dataset": s["dataset"]}
+    method = METHODS.lookup(s.method)
+    match = s.match if s.match in method.matches else None
+    kwargs = {"like": root / s.like_path, "seed": s.seed, "dataset": s.dataset}
     if method.data:
-        kwargs.update(data=job.get("env", {}).get("data_root"), samples_per_class=s["samples_per_class"])
+        kwargs.update(data=job.get("env", {}).get("data_root"), samples_per_class=s.samples_per_class)
     if match is not None:
         kwargs["match"] = match
     if threads:
@@ -370,66 +385,66 @@ def _prune(root: Path, job: dict, threads):
         from ettcli.cpus import threads_for
 
         torch.set_num_threads(threads_for(threads, "the job's thread count"))
-    out = prune(root / s["ticket_path"], s["method"], **kwargs)
+    out = prune(root / s.ticket_path, s.method, **kwargs)
     out.metadata["ett.command"] = "ett study run"
     path = job_folder(root, job["key"]) / "ticket.safetensors"
     out.save(path)
     return [], {"ticket": _rel(root, path), "sparsity": out.sparsity()}
 
 
-def _train(root: Path, job: dict, threads):
+def run_train(root: Path, job: dict, s: TrainJob, threads: int | None) -> tuple[list[dict], dict]:
+    """One ticket trained from its rewind step with one seed; its results row."""
     from ettcli.ticket import read_ticket
     from ettcli.train import train_ticket
 
-    s = job["spec"]
-    ticket = read_ticket(root / s["ticket_path"])
+    ticket = read_ticket(root / s.ticket_path)
     folder = job_folder(root, job["key"]) / "run"
-    train_ticket(ticket, _settings(job, threads), folder=folder, hooks=_hooks("train"),
+    train_ticket(ticket, _settings(job, s, threads), folder=folder, hooks=_hooks("train"),
                  metadata={"ett.command": "ett study run"})  # fmt: skip
     return [_row(root, job, folder, ticket)], {"run": _rel(root, folder)}
 
 
-def _dense(root: Path, job: dict, threads):
+def run_dense(root: Path, job: dict, s: DenseJob, threads: int | None) -> tuple[list[dict], dict]:
+    """A target trained dense from its initialisation (the reference accuracy); its results row."""
     from ettcli.arch import parse_arch
     from ettcli.models import init_ticket
     from ettcli.train import train_ticket
 
-    s = job["spec"]
-    ticket = init_ticket(parse_arch(s["arch"], num_classes=s["num_classes"]), s["init_seed"])
+    ticket = init_ticket(parse_arch(s.arch, num_classes=s.num_classes), s.init_seed)
     folder = job_folder(root, job["key"]) / "run"
-    train_ticket(ticket, _settings(job, threads), folder=folder, from_step="0it", hooks=_hooks("dense"),
+    train_ticket(ticket, _settings(job, s, threads), folder=folder, from_step="0it", hooks=_hooks("dense"),
                  metadata={"ett.command": "ett study run"})  # fmt: skip
     return [_row(root, job, folder, ticket)], {"run": _rel(root, folder)}
 
 
-def _lmc(root: Path, job: dict, threads):
+def run_lmc(root: Path, job: dict, s: LmcJob, threads: int | None) -> tuple[list[dict], dict]:
+    """The linear path between the two trainings of one ticket; its results row."""
     from ettcli.lmc import lmc_pair
 
-    s = job["spec"]
     out = job_folder(root, job["key"]) / "lmc"
     record = lmc_pair(
-        root / s["a_path"],
-        root / s["b_path"],
-        _settings(job, threads),
-        alphas=s["alphas"],
-        bn_batches=s["bn_batches"],
-        bn_reset=s["bn_reset"],
-        bn_data=s["bn_data"],
-        train_images=s["train_images"],
+        root / s.a_path,
+        root / s.b_path,
+        _settings(job, s, threads),
+        alphas=s.alphas,
+        bn_batches=s.bn_batches,
+        bn_reset=s.bn_reset,
+        bn_data=s.bn_data,
+        train_images=s.train_images,
         out=out,
         on_alpha=lambda r: print(f"alpha {r['alpha']:.2f}: test acc {100 * r['test_accuracy']:.2f}%", flush=True),
     )
     test, train = record["test"], record["train"]
     row = {
         **job["row"],
-        "seeds": s["seeds"],
+        "seeds": s.seeds,
         "sparsity": record["sparsity"],
         "instability": test["instability"],
         "train_instability": train["instability"] if train else None,
         "endpoint_test_accuracy": [test["accuracy"][0], test["accuracy"][-1]],
         "worst_test_accuracy": min(test["accuracy"]),
         "alphas": len(record["alphas"]),
-        "bn_reset": s["bn_reset"],
+        "bn_reset": s.bn_reset,
         "seconds": record["seconds"]["evaluation"],
         "lmc": _rel(root, out / "lmc.json"),
         "job": job["key"],
@@ -437,8 +452,9 @@ def _lmc(root: Path, job: dict, threads):
     return [row], {"lmc": row["lmc"]}
 
 
-KINDS = {"imp": _imp, "rewind": _rewind, "transfer": _transfer, "prune": _prune, "train": _train, "dense": _dense,
-         "lmc": _lmc}  # fmt: skip
+# each kind's function: (study folder, job.json as read, the job's typed spec, threads) -> (rows, outputs)
+RUNNERS = {"imp": run_imp, "rewind": run_rewind, "transfer": run_transfer, "prune": run_prune, "train": run_train,
+           "dense": run_dense, "lmc": run_lmc}  # fmt: skip
 
 
 # --- process entry points -------------------------------------------------------------------------------------
