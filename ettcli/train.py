@@ -653,6 +653,7 @@ def run_loop(
     static = len(range(cfg.rank, recipe.batch_size, cfg.world))
     graphs = cfg.compile and cfg.device == "cuda" and cfg.compile_mode in ("reduce-overhead", "max-autotune")
     autocast = _autocast(cfg.device, cfg.precision)
+    threads = _threads_dividing(static) if device.type == "cpu" else 0
 
     def save_rewind() -> None:
         if lead and not run.file(REWIND).is_file():
@@ -686,6 +687,9 @@ def run_loop(
                 if timing:
                     _sync(device)
                     t_compile = time.perf_counter()
+                odd = threads and len(y) % threads  # a short last batch that the threads do not divide
+                if odd:
+                    torch.set_num_threads(math.gcd(len(y), threads))
                 with autocast:
                     logits = net(x)
                     loss = F.cross_entropy(logits, y)
@@ -694,6 +698,8 @@ def run_loop(
                 scaler.step(opt)
                 scaler.update()
                 masker.apply()  # momentum and weight decay would otherwise revive pruned weights
+                if odd:
+                    torch.set_num_threads(threads)
                 if timing:
                     _sync(device)
                     spent = time.perf_counter() - t_compile
@@ -793,6 +799,24 @@ def _kept(run: RunFolder) -> str:
     if run.file(CHECKPOINT).is_file():
         return f"the last good checkpoint is kept in {run.path}"
     return f"no checkpoint was reached, so a corrected command may reuse {run.path}"
+
+
+def _threads_dividing(batch: int) -> int:
+    """torch's thread count for CPU training, lowered to the largest count that divides ``batch``.
+
+    torch 2.14's CPU backward of channels_last convolutions crashes the process (SIGSEGV, SIGABRT) on a batch
+    that the thread count does not divide: 2 threads and a batch of 5, 3 threads and 128, 4 and 6 (see
+    scripts/threads_crash_repro.py --batch). A full batch gets a dividing count here, with a warning; the
+    training step runs a short last batch on the threads that divide it."""
+    threads = torch.get_num_threads()
+    fit = max(d for d in range(1, threads + 1) if batch % d == 0)
+    if fit < threads:
+        warn(
+            f"{threads} threads do not divide the batch of {batch} images; training on {fit} thread(s) (torch's "
+            "CPU convolutions crash on a batch that the threads do not divide)"
+        )
+        torch.set_num_threads(fit)
+    return fit
 
 
 def _sync(device: torch.device) -> None:

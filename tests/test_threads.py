@@ -222,3 +222,20 @@ def test_a_job_killed_by_a_signal_is_reported_and_rerun(tmp_path_factory, tmp_pa
     again = run_study(study, out, LocalExecutor(out, 1, device="cpu"))  # the rerun runs it again, to the end
     assert again.failed == [] and again.counts.done == again.counts.total
     assert (job_folder(out, key) / RESULT).is_file()
+
+
+@needs_cifar
+@pytest.mark.data
+@pytest.mark.skipif(CPUS < 2, reason="needs 2 CPUs: one thread divides every batch")
+def test_a_short_last_batch_that_the_threads_do_not_divide_trains(tmp_path_factory, tmp_path):
+    """torch's CPU backward of channels_last convolutions crashed on a batch the threads do not divide (2
+    threads, 75 images at batch 64: a last batch of 11). Now that step runs on the threads that divide it."""
+    data = cifar_subset(tmp_path_factory.getbasetemp())
+    ticket = _tiny_ticket(tmp_path / "r20w4.safetensors")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ETT_CACHE": str(tmp_path / "cache"), "ETT_RUNS": str(tmp_path)}
+    env.pop("OMP_NUM_THREADS", None)
+    cmd = [sys.executable, "-m", "ettcli", "train", str(ticket), "--data-root", str(data), "--epochs", "2",
+           "--batch-size", "64", "--subset", "75", "--threads", "2"]  # fmt: skip
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "cpu (2 threads)" in r.stdout + r.stderr
