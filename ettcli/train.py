@@ -35,69 +35,23 @@ from ettcli.cpus import threads_for, usable_cpus
 from ettcli.errors import EttError, Terminated, final_output, take_held_signal, warn
 from ettcli.feeders import Feeder, FolderFeeder, MemoryFeeder, iterations_per_epoch
 from ettcli.models import Masker, build_model, model_from_ticket, ticket_from_model
-from ettcli.recipe import COMPILE_MODES, FAMILY_DEFAULTS, Recipe, customise, recipe_for
+from ettcli.recipe import FAMILY_DEFAULTS, Recipe, customise, recipe_for
 from ettcli.runs import CHECKPOINT, FINAL, REWIND, SUMMARY, RunFolder, stem_of
+from ettcli.settings import DEVICES, PRECISIONS, TrainSettings, check_choice
 from ettcli.steps import Step, format_step, parse_step
 from ettcli.ticket import Ticket, read_ticket
 
 STOP_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
 
 
-# --- settings --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrainSettings:
-    """How to train a ticket. ``None`` takes the recipe's (or the environment's) value."""
-
-    dataset: str | None = None  # default: the ticket's ett.dataset, else its family's dataset
-    data_root: str | None = None  # default: $ETT_DATA, else ~/.cache/ett/data
-    download: bool = False  # fetch CIFAR with torchvision first
-    epochs: int | None = None  # training length; milestones and warmup keep their fractions
-    batch_size: int | None = None  # images per optimizer step, over all processes
-    lr: float | None = None  # peak learning rate
-    milestones: str | None = None  # steps where lr *= gamma, e.g. "80ep,120ep"
-    weight_decay: float | None = None
-    warmup: str | None = None  # linear warmup length, e.g. "5ep"
-    seed: int = 0  # data order and augmentation
-    device: str = "auto"  # auto, cpu or cuda
-    precision: str = "auto"  # auto, fp32, bf16 or fp16
-    compile: bool = False  # torch.compile the training step's model (see run_loop)
-    compile_mode: str = "default"  # one of COMPILE_MODES; reduce-overhead replays CUDA graphs
-    deterministic: bool = False  # deterministic kernels only (bit-identical reruns and resumes on a GPU)
-    sync_bn: bool = False  # synchronise BatchNorm statistics across processes
-    workers: int | None = None  # DataLoader workers (image folders)
-    threads: int | None = None  # CPU threads (default: the cores this process may use)
-    subset: int | None = None  # train on this many training images, class-balanced, the same for every seed
-
-    def check(self) -> None:
-        """Refuse values that cannot train, before any work is done."""
-        if self.epochs is not None and self.epochs <= 0:
-            raise EttError(f"epochs {self.epochs}: training needs at least 1 epoch")
-        for name in ("lr", "weight_decay"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise EttError(f"{name.replace('_', ' ')} {value}: must be a finite number")
-        if self.workers is not None and self.workers < 0:
-            raise EttError(f"workers {self.workers}: must be 0 (load in the main process) or more")
-        if self.subset is not None and self.subset < 1:
-            raise EttError(f"subset {self.subset}: must be at least 1 image")
-        if self.threads is not None and self.threads < 1:
-            raise EttError(f"threads {self.threads}: must be at least 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise EttError(f"device {self.device}: choose auto, cpu or cuda")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise EttError(f"precision {self.precision}: choose auto, fp32, bf16 or fp16")
-        if self.compile_mode not in COMPILE_MODES:
-            raise EttError(f"compile mode {self.compile_mode}: choose {', '.join(COMPILE_MODES)}")
-
-
+# --- settings: TrainSettings is declared in ettcli.settings; here, what they resolve to ---------------------------
 def resolve_device(choice: str, index: int = 0) -> str:
     """``auto``: CUDA where a GPU this PyTorch build can run is present, else the CPU.
 
     A GPU that the build has no kernels for (:func:`check_cuda_device`) is refused, under ``auto`` too:
     ``torch.cuda.is_available()`` is true on it, and the first kernel would fail.
     """
-    if choice not in ("auto", "cpu", "cuda"):
-        raise EttError(f"device {choice}: choose auto, cpu or cuda")
+    check_choice("device", choice, DEVICES)
     if choice == "cpu":
         return "cpu"
     if not torch.cuda.is_available():
@@ -166,8 +120,7 @@ def resolve_precision(choice: str, device: str, index: int | None = None) -> str
     Measured on an AMD EPYC with AVX512-BF16 (2 cores): CIFAR ResNet-20 trains about 1.7x faster in bf16
     than in fp32; BENCHMARKS.md has the accuracy effect.
     """
-    if choice not in ("auto", "fp32", "bf16", "fp16"):
-        raise EttError(f"precision {choice}: choose auto, fp32, bf16 or fp16")
+    check_choice("precision", choice, PRECISIONS)
     if device == "cuda":
         cap = tuple(torch.cuda.get_device_capability(index))  # None: the current device
     if choice != "auto":
