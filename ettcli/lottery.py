@@ -99,7 +99,7 @@ def imp(
         command: recorded as ``ett.command`` in the tickets.
     """
     from ettcli.models import init_ticket
-    from ettcli.ticket import Ticket, read_ticket
+    from ettcli.ticket import Ticket, as_ticket, read_ticket
     from ettcli.train import TrainSettings, train_ticket
 
     settings = settings or TrainSettings()
@@ -107,14 +107,10 @@ def imp(
     settings.check()
     if levels < 1:
         raise EttError(f"levels {levels}: IMP needs at least 1 level (level 0 is the dense network)")
-    if isinstance(source, Ticket):
-        dense = source
-    elif isinstance(source, str) and not Path(source).exists() and "/" not in source:
-        from ettcli.arch import parse_arch
-
-        dense = init_ticket(parse_arch(source), seed)
+    if isinstance(source, str) and not Path(source).exists() and "/" not in source:
+        dense = init_ticket(source, seed)
     else:
-        dense = read_ticket(source)
+        dense = as_ticket(source, "the source")
     if dense.masks:
         raise EttError(
             f"{dense.path or 'the source'} has masks ({100 * dense.sparsity():.2f}% sparse); IMP starts from a dense "

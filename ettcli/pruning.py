@@ -662,11 +662,14 @@ def prune_run(
 
     m = METHODS.lookup(method)
     settings = _check_settings(m, sparsity, like, match, bn, invert, shuffle, reinit, samples_per_class)
-    tk = _as_ticket(ticket, "TICKET")
-    ref = _as_ticket(like, "--like") if like is not None else None
+    from ettcli.settings import dataset_for
+    from ettcli.ticket import as_ticket
+
+    tk = as_ticket(ticket, "TICKET")
+    ref = as_ticket(like, "--like") if like is not None else None
     if ref is not None:
         check_like(tk, ref, str(like))
-    ds = _dataset_for(tk, dataset) if m.network else None
+    ds = dataset_for(tk, dataset, "TICKET") if m.network else None
     if m.copies_mask:
         src = ref if ref is not None else tk
         if not src.masks:
@@ -717,16 +720,6 @@ def prune_run(
         meta["ett.seed"] = str(reinit if reinit is not None else seed)
     out = Ticket(tensors, masks, meta, tk.spec, None)
     return Pruned(out, m, target, ref, settings["match"], per_tensor)
-
-
-def _as_ticket(value, what: str) -> Ticket:
-    from ettcli.ticket import Ticket, read_ticket
-
-    if isinstance(value, Ticket):
-        return value
-    if isinstance(value, (str, Path)):
-        return read_ticket(Path(value).expanduser())
-    raise EttError(f"{what}: expected a Ticket or a path, got {type(value).__name__}")
 
 
 def _check_settings(m: Method, sparsity, like, match, bn, invert, shuffle, reinit, samples_per_class) -> dict:
@@ -832,19 +825,6 @@ def make_target(
             f"({dense_total:,} weights); lower the sparsity or pass --exclude none"
         )
     return Target(sizes, shapes, total, keep, tuple(dense))
-
-
-def _dataset_for(ticket: Ticket, name: str | None):
-    from ettcli.data import get_dataset
-    from ettcli.recipe import FAMILY_DEFAULTS
-
-    ds = get_dataset(name or ticket.metadata.get("ett.dataset") or FAMILY_DEFAULTS.lookup(ticket.arch.family).dataset)
-    if ticket.arch.num_classes != ds.num_classes:
-        raise EttError(
-            f"TICKET's classifier has {ticket.arch.num_classes} outputs but {ds.name} has {ds.num_classes} classes; "
-            "pick a matching --dataset"
-        )
-    return ds
 
 
 def _check_counts(masks: Mapping[str, Mask], target: Target | None) -> None:

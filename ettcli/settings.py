@@ -156,6 +156,29 @@ class TrainSettings:
 NOT_IDENTITY = tuple(f.name for f in fields(TrainSettings) if not f.metadata["identity"])
 
 
+def dataset_of(ticket, name: str | None = None):
+    """The dataset a ticket trains on: ``name``, else the ticket's ``ett.dataset``, else its family's."""
+    from ettcli.data import get_dataset
+    from ettcli.recipe import FAMILY_DEFAULTS
+
+    return get_dataset(name or ticket.metadata.get("ett.dataset") or FAMILY_DEFAULTS.lookup(ticket.arch.family).dataset)
+
+
+def dataset_for(ticket, name: str | None = None, where=None):
+    """:func:`dataset_of`, refused unless its class count is the ticket's classifier's (``where``: the ticket as
+    the message names it, default its path)."""
+    ds = dataset_of(ticket, name)
+    spec = ticket.arch
+    if spec.num_classes != ds.num_classes:
+        head = next((n for n, t in spec.tensors.items() if t.role == "head" and n.endswith("weight")), None)
+        shape = f" ({head} {list(spec.tensors[head].shape)})" if head else ""
+        raise EttError(
+            f"{where or ticket.path or 'the ticket'}: its classifier has {spec.num_classes} outputs{shape} but "
+            f"{ds.name} has {ds.num_classes} classes; pick a matching dataset"
+        )
+    return ds
+
+
 def setting_fields():
     """The fields of :class:`TrainSettings` in declaration order (each with its help, choices and study key)."""
     return fields(TrainSettings)

@@ -92,7 +92,6 @@ def calibrate(study: Study, archs, threads: int, steps: int = 30, warmup: int = 
     which on a GPU take longer than hundreds of steps and would make the estimate far too slow."""
     import tempfile
 
-    from ettcli.arch import parse_arch
     from ettcli.models import init_ticket
     from ettcli.recipe import recipe_for
     from ettcli.stfile import atomic_path
@@ -109,7 +108,7 @@ def calibrate(study: Study, archs, threads: int, steps: int = 30, warmup: int = 
     out = {}
     with tempfile.TemporaryDirectory(prefix="ett-calibrate-") as tmp:
         for arch in archs:
-            ticket = init_ticket(parse_arch(arch, num_classes=study.num_classes), 0)
+            ticket = init_ticket(arch, 0, study.num_classes)
             marks: dict[int, float] = {}
 
             def mark(step: int, marks: dict = marks) -> None:

@@ -82,9 +82,9 @@ def check_rewinds(study: Study, jobs: dict[str, Job]) -> None:
     """Refuse a rewind step that lies at or past the end of the study's training: every IMP level after the
     first and every target's rewind run would fail on it."""
     from ettcli.steps import parse_step
-    from ettcli.study.graph import _schedule
+    from ettcli.study.graph import schedule
 
-    sched = _schedule(study)
+    sched = schedule(study)
     per_epoch, total = sched["per_epoch"], sched["total"]
     for job in jobs.values():
         rewind = job.spec.get("rewind") if job.kind in ("imp", "rewind") else None

@@ -100,7 +100,7 @@ def _training(study: Study) -> dict:
     return {"dataset": study.dataset, **{k: v for k, v in study.train.items() if k != "workers"}}
 
 
-def _schedule(study: Study) -> dict:
+def schedule(study: Study) -> dict:
     """Iterations per epoch, total iterations, batch, test images: for the cost estimates."""
     from ettcli.data import DATASETS
     from ettcli.recipe import RECIPES
@@ -127,7 +127,7 @@ def plan_jobs(study: Study) -> dict[str, Job]:
     from ettcli.steps import parse_step
 
     g = _Graph(study.out)
-    sched = _schedule(study)
+    sched = schedule(study)
     per_epoch, total = sched["per_epoch"], sched["total"]
     keep = 1.0 - study.imp.rate
 

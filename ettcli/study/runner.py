@@ -284,7 +284,6 @@ def _row(root: Path, job: dict, run_folder: Path, ticket, **extra) -> dict:
 
 
 def _imp(root: Path, job: dict, threads):
-    from ettcli.arch import parse_arch
     from ettcli.lottery import ImpSpec, imp
     from ettcli.models import init_ticket
     from ettcli.ticket import read_ticket
@@ -292,7 +291,7 @@ def _imp(root: Path, job: dict, threads):
     s = job["spec"]
     src = s["source"]
     if "arch" in src:
-        source = init_ticket(parse_arch(src["arch"], num_classes=src["num_classes"]), src["init_seed"])
+        source = init_ticket(src["arch"], src["init_seed"], src["num_classes"])
     else:
         source = read_ticket(job["env"]["source_ticket"])
         if source.fingerprint() != src["fingerprint"]:
@@ -321,12 +320,11 @@ def _imp(root: Path, job: dict, threads):
 
 
 def _rewind(root: Path, job: dict, threads):
-    from ettcli.arch import parse_arch
     from ettcli.models import init_ticket
     from ettcli.train import train_ticket
 
     s = job["spec"]
-    dense = init_ticket(parse_arch(s["arch"], num_classes=s["num_classes"]), s["init_seed"])
+    dense = init_ticket(s["arch"], s["init_seed"], s["num_classes"])
     folder = job_folder(root, job["key"]) / "run"
     train_ticket(dense, _settings(job, threads), folder=folder, from_step="0it", stop_at=s["rewind"],
                  hooks=_hooks("rewind"), metadata={"ett.command": "ett study run"})  # fmt: skip
@@ -390,12 +388,11 @@ def _train(root: Path, job: dict, threads):
 
 
 def _dense(root: Path, job: dict, threads):
-    from ettcli.arch import parse_arch
     from ettcli.models import init_ticket
     from ettcli.train import train_ticket
 
     s = job["spec"]
-    ticket = init_ticket(parse_arch(s["arch"], num_classes=s["num_classes"]), s["init_seed"])
+    ticket = init_ticket(s["arch"], s["init_seed"], s["num_classes"])
     folder = job_folder(root, job["key"]) / "run"
     train_ticket(ticket, _settings(job, threads), folder=folder, from_step="0it", hooks=_hooks("dense"),
                  metadata={"ett.command": "ett study run"})  # fmt: skip
