@@ -55,7 +55,6 @@ LMC_FILE = "lmc.json"
 DEFAULT_TRAIN_IMAGES = 10_000
 BN_SEED = 0  # the data seed of the BatchNorm batches (order, crops, flips); fixed, whatever the runs' seeds
 BN_DATA = ("augmented", "plain")
-_NOT_IDENTITY = ("data_root", "download", "workers", "threads", "seed")  # settings that do not change a result
 
 
 # --- the three measurements ----------------------------------------------------------------------------------
@@ -376,7 +375,7 @@ def run_lmc(
     tk = as_ticket(ticket)
     source = Path(ticket) if not isinstance(ticket, Ticket) else tk.path
     ctx = _Context.make(tk, settings, alphas, bn_batches, bn_reset, bn_data, train_images)
-    train_id = {k: v for k, v in asdict(settings).items() if k not in _NOT_IDENTITY}
+    train_id = {k: v for k, v in settings.identity().items() if k != "seed"}  # the copies' seeds are listed
     identity = {"kind": "lmc", "ticket": tk.fingerprint(), "train": train_id, "seeds": list(seeds), **ctx.identity()}
     folder = _lmc_folder(out, source or "ticket", identity)
 

@@ -142,7 +142,7 @@ def imp(
             "rewind": rewind,
             "scope": spec.scope,
             "exclude": list(exclude),
-            "settings": {k: v for k, v in asdict(settings).items() if k not in ("data_root", "workers", "threads")},
+            "settings": settings.identity(),
         },
     )
     top.state()  # a folder holding IMP with other settings is refused here, before any work

@@ -9,7 +9,7 @@ and every run's identity are generated from this one declaration. Pure Python: n
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 from ettcli.data import DATASETS
 from ettcli.errors import EttError
@@ -20,12 +20,16 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _setting(default, help: str, *, choices: tuple[str, ...] | None = None, study: str | None = None,
-             study_check: str | None = None, identity: bool = True, always: bool = False):  # fmt: skip
+             study_check: str | None = None, identity: bool | str = True, always: bool = False,
+             resolved: bool = False):  # fmt: skip
     """A field of :class:`TrainSettings`. ``study``: what a study's ``[train]`` key expects (None: not a study
-    key), checked as ``study_check`` says; ``always``: the study records it even when not given;
-    ``identity``: False for settings that never change a run's result (where data lives, worker counts)."""
+    key), checked as ``study_check`` says; ``always``: the study records it even when not given.
+    ``identity`` says whether it counts toward a run's identity: True, False (it never changes a result: where
+    the data lives, worker counts) or ``"if_set"`` (only when it is not the default, so that the runs named
+    before it existed keep their names); ``resolved``: a training run counts it through what it resolves to
+    (the dataset, the recipe, the device, the precision) rather than as given."""
     meta = {"help": help, "choices": choices, "study": study, "study_check": study_check, "identity": identity,
-            "always": always}  # fmt: skip
+            "always": always, "resolved": resolved}  # fmt: skip
     return field(default=default, metadata=meta)
 
 
@@ -38,7 +42,7 @@ class TrainSettings:
     """How to train a ticket. ``None`` takes the recipe's (or the environment's) value."""
 
     dataset: str | None = _setting(
-        None, f"One of {DATASETS.choices()} (default: the ticket's, else its family's)."
+        None, f"One of {DATASETS.choices()} (default: the ticket's, else its family's).", resolved=True
     )  # default: the ticket's ett.dataset, else its family's dataset
     data_root: str | None = _setting(
         None,
@@ -52,25 +56,40 @@ class TrainSettings:
         "Training length in epochs; the schedule keeps its shape.",
         study="a positive integer",
         study_check="positive_int",
+        resolved=True,
     )  # milestones and warmup keep their fractions
     batch_size: int | None = _setting(
-        None, "Images per step over all processes.", study="a positive integer", study_check="positive_int"
+        None,
+        "Images per step over all processes.",
+        study="a positive integer",
+        study_check="positive_int",
+        resolved=True,
     )
-    lr: float | None = _setting(None, "Peak learning rate.", study="a positive number", study_check="positive")
+    lr: float | None = _setting(
+        None, "Peak learning rate.", study="a positive number", study_check="positive", resolved=True
+    )
     milestones: str | None = _setting(
         None,
         "Steps where lr *= 0.1, e.g. 80ep,120ep (bare numbers are epochs).",
         study="text such as '80ep,120ep'",
         study_check="steps",
+        resolved=True,
     )
-    weight_decay: float | None = _setting(None, "L2 penalty.", study="a number, 0 or more", study_check="non_negative")
+    weight_decay: float | None = _setting(
+        None, "L2 penalty.", study="a number, 0 or more", study_check="non_negative", resolved=True
+    )
     warmup: str | None = _setting(
-        None, "Linear warmup length, e.g. 5ep or 500it.", study="text such as '5ep' or '500it'", study_check="warmup"
+        None,
+        "Linear warmup length, e.g. 5ep or 500it.",
+        study="text such as '5ep' or '500it'",
+        study_check="warmup",
+        resolved=True,
     )
     seed: int = _setting(0, "Seed of the data order and augmentation.")
     device: str = _setting(
         "auto", "auto, cpu or cuda.", choices=DEVICES, study="'auto', 'cpu' or 'cuda'", study_check="choice",
         always=True,
+        resolved=True,
     )  # fmt: skip
     precision: str = _setting(
         "auto",
@@ -79,6 +98,7 @@ class TrainSettings:
         study="'auto', 'fp32', 'bf16' or 'fp16'",
         study_check="choice",
         always=True,
+        resolved=True,
     )
     compile: bool = _setting(
         False,
@@ -96,12 +116,14 @@ class TrainSettings:
         choices=COMPILE_MODES,
         study="'default', 'reduce-overhead' (CUDA graphs), 'max-autotune' or 'max-autotune-no-cudagraphs'",
         study_check="choice",
+        identity="if_set",
     )  # only when given: the jobs' names stay those of studies written before it
     deterministic: bool = _setting(
         False,
         "Deterministic GPU kernels only (no cuDNN autotuning): reruns and resumes are bit-identical, a little slower.",
         study="true or false (deterministic GPU kernels: bit-identical reruns)",
         study_check="bool",
+        identity="if_set",
     )
     sync_bn: bool = _setting(
         False,
@@ -126,6 +148,7 @@ class TrainSettings:
         "Train on N training images, class-balanced and the same for every seed (CIFAR-style datasets).",
         study="a positive integer (train on a seeded, class-balanced subset of this many images)",
         study_check="positive_int",
+        identity="if_set",
     )  # the same images for every seed
 
     def check(self) -> None:
@@ -147,10 +170,22 @@ class TrainSettings:
             if choices and getattr(self, f.name) not in choices:
                 raise EttError(f"{f.name.replace('_', ' ')} {getattr(self, f.name)}: choose {_choose(choices)}")
 
-    def identity(self) -> dict:
-        """The settings that count toward a run's identity: every field but those that never change a result
-        (:data:`NOT_IDENTITY`: where the data lives, whether it was downloaded, workers, threads)."""
-        return {k: v for k, v in asdict(self).items() if k not in NOT_IDENTITY}
+    def identity(self, resolved: dict | None = None) -> dict:
+        """The settings that count toward a run's identity, the one rule for every kind of run: every field
+        but those that never change a result (:data:`NOT_IDENTITY`: where the data lives, whether it was
+        downloaded, workers, threads), and the ``"if_set"`` ones only when set. ``resolved`` (a training
+        run's dataset, recipe, device and precision) stands in for the fields that resolve to them."""
+        out = {}
+        for f in fields(self):
+            value, rule = getattr(self, f.name), f.metadata["identity"]
+            if (
+                not rule
+                or (rule == "if_set" and value == f.default)
+                or (resolved is not None and f.metadata["resolved"])
+            ):
+                continue
+            out[f.name] = value
+        return {**out, **(resolved or {})}
 
 
 NOT_IDENTITY = tuple(f.name for f in fields(TrainSettings) if not f.metadata["identity"])

@@ -312,25 +312,12 @@ def train_ticket(
         identity = {
             "ticket": tk.fingerprint(),
             "arch": spec.name,
-            "dataset": ds.name,
-            "recipe": recipe.as_dict(),
             "start_step": format_step(first, per_epoch),
             "end_step": format_step(end, per_epoch),
             "snapshot_step": None if snap is None else format_step(snap, per_epoch),
-            "seed": settings.seed,
-            "device": dev,
-            "precision": prec,
-            "compile": settings.compile,
-            **(
-                {"compile_mode": settings.compile_mode}
-                if settings.compile and settings.compile_mode != "default"
-                else {}
-            ),
-            "sync_bn": settings.sync_bn,
             "world_size": world,
+            **settings.identity({"dataset": ds.name, "recipe": recipe.as_dict(), "device": dev, "precision": prec}),
         }
-        if settings.subset is not None:
-            identity["subset"] = settings.subset
         run = RunFolder(Path(folder), identity) if folder else RunFolder.default(stem_of(path or "ticket"), identity)
         state = run.state()  # a folder holding another run is refused here, even with force
         if force:

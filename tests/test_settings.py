@@ -93,3 +93,22 @@ def test_the_identity_rule_leaves_out_what_never_changes_a_result():
     a = TrainSettings(data_root="/a", download=True, workers=3, threads=2).identity()
     assert a == TrainSettings().identity()
     assert TrainSettings(seed=1).identity() != TrainSettings().identity()
+    # settings added later count only when set, so that runs named before them keep their names
+    assert {"subset", "compile_mode", "deterministic"}.isdisjoint(TrainSettings().identity())
+    assert TrainSettings(subset=100, deterministic=True).identity()["subset"] == 100
+    # a training run counts the dataset, recipe, device and precision it resolved, not the options as given
+    run = TrainSettings(lr=0.5, device="auto").identity({"recipe": {"lr": 0.5}, "device": "cpu"})
+    assert "lr" not in run and run["device"] == "cpu" and run["recipe"] == {"lr": 0.5}
+
+
+def test_imp_counts_the_settings_the_rule_counts_so_download_does_not_change_its_folder(tmp_path):
+    from ettcli.errors import EttError
+    from ettcli.lottery import imp
+    from ettcli.runs import RunFolder
+
+    settings = TrainSettings(data_root=str(tmp_path / "no-data"), epochs=1, threads=1)
+    with pytest.raises(EttError, match="no-data"):  # the folder's config is written before the data is read
+        imp("cifar_resnet_8_4", settings, levels=1, out=tmp_path / "imp")
+    identity = RunFolder.reading(tmp_path / "imp").config()["identity"]
+    assert identity["settings"] == settings.identity()
+    assert identity["settings"] == TrainSettings(download=True, epochs=1, workers=2).identity()
