@@ -112,3 +112,16 @@ def test_imp_counts_the_settings_the_rule_counts_so_download_does_not_change_its
     identity = RunFolder.reading(tmp_path / "imp").config()["identity"]
     assert identity["settings"] == settings.identity()
     assert identity["settings"] == TrainSettings(download=True, epochs=1, workers=2).identity()
+
+
+def test_the_settings_and_their_options_load_without_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ettcli\nfrom ettcli.commands import options\n"
+        "ettcli.TrainSettings(epochs=1).check()\nprint('torch' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "False"
