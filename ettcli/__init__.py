@@ -27,7 +27,7 @@ _LAZY = {
     "predict_sparsity": "ettcli.transform",
     "imp": "ettcli.lottery",
     "train_ticket": "ettcli.train",
-    "TrainSettings": "ettcli.train",
+    "TrainSettings": "ettcli.settings",
     "load_model": "ettcli.models",
     "SparsityReport": "ettcli.sparsity",
     "prune": "ettcli.pruning",

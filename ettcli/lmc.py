@@ -46,10 +46,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ettcli.cpus import threads_for
 from ettcli.errors import EttError, warn
 from ettcli.feeders import epoch_plan
 
@@ -57,7 +55,6 @@ LMC_FILE = "lmc.json"
 DEFAULT_TRAIN_IMAGES = 10_000
 BN_SEED = 0  # the data seed of the BatchNorm batches (order, crops, flips); fixed, whatever the runs' seeds
 BN_DATA = ("augmented", "plain")
-_NOT_IDENTITY = ("data_root", "download", "workers", "threads", "seed")  # settings that do not change a result
 
 
 # --- the three measurements ----------------------------------------------------------------------------------
@@ -211,20 +208,6 @@ def alpha_grid(alphas: int) -> list[float]:
 
 # --- measuring a path ------------------------------------------------------------------------------------------
 @torch.no_grad()
-def _evaluate(model: nn.Module, batches, device: torch.device, autocast) -> tuple[float, float]:
-    """Mean loss and accuracy over ``batches`` (the model in eval mode; sums as in ett train's evaluation)."""
-    model.eval()
-    sums = torch.zeros(3, device=device, dtype=torch.float64)
-    for x, y in batches:
-        with autocast:
-            logits = model(x)
-        sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
-        sums[1] += (logits.argmax(1) == y).sum()
-        sums[2] += len(y)
-    loss_sum, correct, n = sums.tolist()
-    return loss_sum / max(n, 1), correct / max(n, 1)
-
-
 def _curve(rows: list[dict], split: str) -> dict:
     acc = [r[f"{split}_accuracy"] for r in rows]
     err = [100.0 * (1.0 - x) for x in acc]
@@ -257,12 +240,12 @@ def connectivity(
     the seconds spent re-estimating statistics and evaluating. ``on_alpha`` gets each row as it is measured.
     """
     from ettcli.models import model_from_ticket
-    from ettcli.train import _autocast
+    from ettcli.train import autocast_for, evaluate
 
     check_same_layout(a, b)
     grid = alpha_grid(alphas)
     device = feeder.device
-    autocast = _autocast(device.type, precision)
+    autocast = autocast_for(device.type, precision)
     if bn_reset:
         _check_bn_data(bn_data)
         bn_idx = bn_indices(feeder.n, bn_batches, feeder.batch, feeder.seed)
@@ -287,11 +270,11 @@ def connectivity(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # the seconds of each part, not of whatever the queue holds
         t1 = time.perf_counter()
-        test_loss, test_acc = _evaluate(model, feeder.test_batches(), device, autocast)
+        test_loss, test_acc = evaluate(model, feeder.test_batches(), device, autocast)
         t2 = time.perf_counter()
         row = {"alpha": alpha, "test_loss": test_loss, "test_accuracy": test_acc}
         if len(sub):
-            row["train_loss"], row["train_accuracy"] = _evaluate(
+            row["train_loss"], row["train_accuracy"] = evaluate(
                 model, feeder.plain_train_batches(sub), device, autocast
             )
         t3 = time.perf_counter()
@@ -381,7 +364,7 @@ def run_lmc(
     settings (from ``ett train`` or an earlier ``ett lmc``) is reused, and an interrupted one resumed.
     """
     from ettcli.runs import FINAL
-    from ettcli.ticket import Ticket, read_ticket
+    from ettcli.ticket import Ticket, as_ticket, read_ticket
     from ettcli.train import TrainSettings, train_ticket
 
     settings = settings or TrainSettings()
@@ -389,10 +372,10 @@ def run_lmc(
     seeds = tuple(int(s) for s in seeds)
     if len(seeds) != 2 or seeds[0] == seeds[1]:
         raise EttError(f"seeds {','.join(map(str, seeds))}: give two different seeds, e.g. 0,1")
-    tk = ticket if isinstance(ticket, Ticket) else read_ticket(ticket)
+    tk = as_ticket(ticket)
     source = Path(ticket) if not isinstance(ticket, Ticket) else tk.path
     ctx = _Context.make(tk, settings, alphas, bn_batches, bn_reset, bn_data, train_images)
-    train_id = {k: v for k, v in asdict(settings).items() if k not in _NOT_IDENTITY}
+    train_id = {k: v for k, v in settings.identity().items() if k != "seed"}  # the copies' seeds are listed
     identity = {"kind": "lmc", "ticket": tk.fingerprint(), "train": train_id, "seeds": list(seeds), **ctx.identity()}
     folder = _lmc_folder(out, source or "ticket", identity)
 
@@ -447,12 +430,12 @@ def lmc_pair(
     (of the BatchNorm batches), device, precision and threads; the training options in it are not used.
     ``out`` defaults to ``$ETT_RUNS/lmc-<a's stem>-<identity hash>``. Returns ``lmc.json``'s record.
     """
-    from ettcli.ticket import Ticket, read_ticket
+    from ettcli.ticket import as_ticket
     from ettcli.train import TrainSettings
 
     settings = settings or TrainSettings()
     settings.check()
-    ta, tb = (t if isinstance(t, Ticket) else read_ticket(t) for t in (a, b))
+    ta, tb = (as_ticket(t) for t in (a, b))
     check_same_layout(ta, tb)
     _warn_degenerate_pair(ta, tb)
     ctx = _Context.make(ta, settings, alphas, bn_batches, bn_reset, bn_data, train_images)
@@ -512,10 +495,8 @@ class _Context:
     def make(
         ticket, settings, alphas: int, bn_batches: int, bn_reset: bool, bn_data: str, train_images: int
     ) -> _Context:
-        from ettcli.data import default_data_root, get_dataset, load_memory_dataset
         from ettcli.feeders import MemoryFeeder
-        from ettcli.recipe import FAMILY_DEFAULTS, recipe_for
-        from ettcli.train import resolve_device, resolve_precision
+        from ettcli.train import TrainContext
 
         alpha_grid(alphas)
         if bn_reset:
@@ -528,30 +509,18 @@ class _Context:
                 "ett lmc runs in one process; train the two copies with torchrun and ett train, "
                 "then compare them with ett lmc --pair"
             )
-        family = FAMILY_DEFAULTS.lookup(ticket.arch.family)
-        ds = get_dataset(settings.dataset or ticket.metadata.get("ett.dataset") or family.dataset)
+        ctx = TrainContext.resolve(ticket, settings)
+        ds = ctx.dataset
         if ds.kind != "memory":
             raise EttError(
                 f"ett lmc measures datasets held in memory (cifar10, cifar100); {ds.name} is read from image "
                 "folders, which this measurement does not support"
             )
-        if ticket.arch.num_classes != ds.num_classes:
-            raise EttError(
-                f"{ticket.path or 'the ticket'}: its classifier has {ticket.arch.num_classes} outputs but "
-                f"{ds.name} has {ds.num_classes} classes; pick a matching dataset"
-            )
-        batch = settings.batch_size or recipe_for(ds.name).batch_size
+        batch = ctx.batch
         if batch < 1:
             raise EttError(f"batch size {batch}: must be at least 1")
-        device = resolve_device(settings.device)
-        precision = resolve_precision(settings.precision, device)
-        torch.set_num_threads(threads_for(settings.threads))
-        root = Path(settings.data_root).expanduser() if settings.data_root else default_data_root()
-        data = load_memory_dataset(ds, root, download=settings.download)
-        if settings.subset is not None:  # the images the copies trained on: their train error and statistics
-            from ettcli.train import _subset
-
-            data = _subset(data, ds, settings.subset)
+        # the images the copies trained on (subset included): their train error and statistics
+        data, root, device, precision = ctx.load().data, ctx.root, ctx.device, ctx.precision
         n_train = len(data.train_y)
         if bn_reset:
             bn_indices(n_train, bn_batches, batch)  # enough images for the batches, before any training

@@ -117,7 +117,7 @@ def imp(
             "rewind": rewind,
             "scope": spec.scope,
             "exclude": list(exclude),
-            "settings": {k: v for k, v in asdict(settings).items() if k not in ("data_root", "workers", "threads")},
+            "settings": settings.identity(),
         },
     )
     top.state()  # a folder holding IMP with other settings is refused here, before any work
@@ -159,16 +159,12 @@ def imp(
 def _dense_source(source, seed: int):
     """The dense network IMP starts from: a Ticket, a path to one, or an architecture name initialised with ``seed``."""
     from ettcli.models import init_ticket
-    from ettcli.ticket import Ticket, read_ticket
+    from ettcli.ticket import as_ticket
 
-    if isinstance(source, Ticket):
-        dense = source
-    elif isinstance(source, str) and not Path(source).exists() and "/" not in source:
-        from ettcli.arch import parse_arch
-
-        dense = init_ticket(parse_arch(source), seed)
+    if isinstance(source, str) and not Path(source).exists() and "/" not in source:
+        dense = init_ticket(source, seed)
     else:
-        dense = read_ticket(source)
+        dense = as_ticket(source, "the source")
     if dense.masks:
         raise EttError(
             f"{dense.path or 'the source'} has masks ({100 * dense.sparsity():.2f}% sparse); IMP starts from a dense "

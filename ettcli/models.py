@@ -256,10 +256,13 @@ def ticket_from_model(
     return Ticket.from_arrays(arrays, masks or {}, metadata or {})
 
 
-def init_ticket(spec: ArchSpec, seed: int) -> Ticket:
-    """A dense ticket of ``spec`` with open_lth's initialisation, seeded; its rewind step is 0."""
-    from ettcli.arch import check_fits_in_memory
+def init_ticket(spec: ArchSpec | str, seed: int, num_classes: int | None = None) -> Ticket:
+    """A dense ticket of ``spec`` (or of an architecture name, parsed with ``num_classes``) with open_lth's
+    initialisation, seeded; its rewind step is 0."""
+    from ettcli.arch import check_fits_in_memory, parse_arch
 
+    if isinstance(spec, str):
+        spec = parse_arch(spec, num_classes=num_classes)
     check_fits_in_memory(spec)
     try:
         model = build_model(spec, seed=seed)
@@ -283,8 +286,6 @@ def load_model(ticket: Ticket | str | os.PathLike, device: str | torch.device = 
         model = ettcli.load_model("r56.safetensors")
         masker = ettcli.models.Masker(model, ettcli.read_ticket("r56.safetensors").masks)
     """
-    from ettcli.ticket import read_ticket
+    from ettcli.ticket import as_ticket
 
-    if not hasattr(ticket, "arch"):
-        ticket = read_ticket(ticket)
-    return model_from_ticket(ticket, device)
+    return model_from_ticket(as_ticket(ticket), device)

@@ -191,10 +191,10 @@ def open_lth_epoch(ticket: Ticket) -> tuple[str, int, int]:
     The dataset is the ticket's (``ett.dataset``) or its family's default; the batch size is that dataset's
     recipe's (CIFAR 128, ImageNet 1024), as in open_lth's defaults.
     """
-    from ettcli.data import get_dataset
-    from ettcli.recipe import FAMILY_DEFAULTS, recipe_for
+    from ettcli.recipe import recipe_for
+    from ettcli.settings import dataset_of
 
-    ds = get_dataset(ticket.metadata.get("ett.dataset") or FAMILY_DEFAULTS.lookup(ticket.arch.family).dataset)
+    ds = dataset_of(ticket)
     batch = recipe_for(ds.name).batch_size
     return ds.name, batch, math.ceil(ds.train_size / batch)
 

@@ -125,12 +125,15 @@ def prune_run(ticket: Ticket | str | Path, method: str, options: PruneOptions | 
     if options is not None and settings:
         raise TypeError("give the pruning settings as options or as keywords, not both")
     m = METHODS.lookup(method)
+    from ettcli.settings import dataset_for
+    from ettcli.ticket import as_ticket
+
     match, bn = _check_settings(m, o)
-    tk = _as_ticket(ticket, "TICKET")
-    ref = _as_ticket(o.like, "--like") if o.like is not None else None
+    tk = as_ticket(ticket, "TICKET")
+    ref = as_ticket(o.like, "--like") if o.like is not None else None
     if ref is not None:
         check_like(tk, ref, str(o.like))
-    ds = _dataset_for(tk, o.dataset) if m.network else None
+    ds = dataset_for(tk, o.dataset, "TICKET") if m.network else None
     if m.copies_mask:
         src = ref if ref is not None else tk
         if not src.masks:
@@ -177,16 +180,6 @@ def prune_run(ticket: Ticket | str | Path, method: str, options: PruneOptions | 
         meta["ett.seed"] = str(init_seed)
     out = Ticket(tensors, masks, meta, tk.spec, None)
     return Pruned(out, m, target, ref, match, per_tensor)
-
-
-def _as_ticket(value, what: str) -> Ticket:
-    from ettcli.ticket import Ticket, read_ticket
-
-    if isinstance(value, Ticket):
-        return value
-    if isinstance(value, (str, Path)):
-        return read_ticket(Path(value).expanduser())
-    raise EttError(f"{what}: expected a Ticket or a path, got {type(value).__name__}")
 
 
 def _check_settings(m: Method, o: PruneOptions) -> tuple[str | None, str | None]:
@@ -246,17 +239,6 @@ def check_like(ticket: Ticket, ref: Ticket, where: str) -> None:
         )
 
 
-def _dataset_for(ticket: Ticket, name: str | None):
-    from ettcli.data import get_dataset
-    from ettcli.recipe import FAMILY_DEFAULTS
-
-    ds = get_dataset(name or ticket.metadata.get("ett.dataset") or FAMILY_DEFAULTS.lookup(ticket.arch.family).dataset)
-    if ticket.arch.num_classes != ds.num_classes:
-        raise EttError(
-            f"TICKET's classifier has {ticket.arch.num_classes} outputs but {ds.name} has {ds.num_classes} classes; "
-            "pick a matching --dataset"
-        )
-    return ds
 
 
 def _check_counts(masks: Mapping[str, Mask], target: Target | None) -> None:

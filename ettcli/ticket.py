@@ -18,6 +18,7 @@ for their values, and masks are read eagerly because they are small and must be 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,16 @@ def _info(name: str, src: Source):
 
 
 # --- reading ---------------------------------------------------------------------------------------------
+def as_ticket(value, what: str = "ticket") -> Ticket:
+    """``value`` if it is a :class:`Ticket`, else the ticket the path names (any layout :func:`read_ticket` reads);
+    ``what`` names the argument in the error for anything else."""
+    if isinstance(value, Ticket):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return read_ticket(Path(value).expanduser())
+    raise EttError(f"{what}: expected a Ticket or a path, got {type(value).__name__}")
+
+
 def read_ticket(path: str | Path, rewind_step: str | None = None, masks: str | Path | None = None) -> Ticket:
     """Read any supported ticket layout (see the module docstring) and validate it against its architecture.
 

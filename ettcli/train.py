@@ -32,72 +32,27 @@ import torch
 import torch.nn.functional as F
 
 from ettcli.cpus import threads_for, usable_cpus
+from ettcli.data import DatasetSpec, default_data_root
 from ettcli.errors import EttError, Interrupted, Terminated, final_output, take_held_signal, warn
 from ettcli.feeders import Feeder, FolderFeeder, MemoryFeeder, iterations_per_epoch
 from ettcli.models import Masker, build_model, model_from_ticket, ticket_from_model
-from ettcli.recipe import COMPILE_MODES, FAMILY_DEFAULTS, Recipe, customise, recipe_for
+from ettcli.recipe import Recipe, customise, recipe_for
 from ettcli.runs import CHECKPOINT, FINAL, REWIND, SUMMARY, RunFolder, stem_of
+from ettcli.settings import DEVICES, PRECISIONS, TrainSettings, check_choice, dataset_for
 from ettcli.steps import Step, format_step, parse_step
-from ettcli.ticket import Ticket, read_ticket
+from ettcli.ticket import Ticket, as_ticket, read_ticket
 
 STOP_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
 
 
-# --- settings --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrainSettings:
-    """How to train a ticket. ``None`` takes the recipe's (or the environment's) value."""
-
-    dataset: str | None = None  # default: the ticket's ett.dataset, else its family's dataset
-    data_root: str | None = None  # default: $ETT_DATA, else ~/.cache/ett/data
-    download: bool = False  # fetch CIFAR with torchvision first
-    epochs: int | None = None  # training length; milestones and warmup keep their fractions
-    batch_size: int | None = None  # images per optimizer step, over all processes
-    lr: float | None = None  # peak learning rate
-    milestones: str | None = None  # steps where lr *= gamma, e.g. "80ep,120ep"
-    weight_decay: float | None = None
-    warmup: str | None = None  # linear warmup length, e.g. "5ep"
-    seed: int = 0  # data order and augmentation
-    device: str = "auto"  # auto, cpu or cuda
-    precision: str = "auto"  # auto, fp32, bf16 or fp16
-    compile: bool = False  # torch.compile the training step's model (see run_loop)
-    compile_mode: str = "default"  # one of COMPILE_MODES; reduce-overhead replays CUDA graphs
-    deterministic: bool = False  # deterministic kernels only (bit-identical reruns and resumes on a GPU)
-    sync_bn: bool = False  # synchronise BatchNorm statistics across processes
-    workers: int | None = None  # DataLoader workers (image folders)
-    threads: int | None = None  # CPU threads (default: the cores this process may use)
-    subset: int | None = None  # train on this many training images, class-balanced, the same for every seed
-
-    def check(self) -> None:
-        """Refuse values that cannot train, before any work is done."""
-        if self.epochs is not None and self.epochs <= 0:
-            raise EttError(f"epochs {self.epochs}: training needs at least 1 epoch")
-        for name in ("lr", "weight_decay"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise EttError(f"{name.replace('_', ' ')} {value}: must be a finite number")
-        if self.workers is not None and self.workers < 0:
-            raise EttError(f"workers {self.workers}: must be 0 (load in the main process) or more")
-        if self.subset is not None and self.subset < 1:
-            raise EttError(f"subset {self.subset}: must be at least 1 image")
-        if self.threads is not None and self.threads < 1:
-            raise EttError(f"threads {self.threads}: must be at least 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise EttError(f"device {self.device}: choose auto, cpu or cuda")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise EttError(f"precision {self.precision}: choose auto, fp32, bf16 or fp16")
-        if self.compile_mode not in COMPILE_MODES:
-            raise EttError(f"compile mode {self.compile_mode}: choose {', '.join(COMPILE_MODES)}")
-
-
+# --- settings: TrainSettings is declared in ettcli.settings; here, what they resolve to ---------------------------
 def resolve_device(choice: str, index: int = 0) -> str:
     """``auto``: CUDA where a GPU this PyTorch build can run is present, else the CPU.
 
     A GPU that the build has no kernels for (:func:`check_cuda_device`) is refused, under ``auto`` too:
     ``torch.cuda.is_available()`` is true on it, and the first kernel would fail.
     """
-    if choice not in ("auto", "cpu", "cuda"):
-        raise EttError(f"device {choice}: choose auto, cpu or cuda")
+    check_choice("device", choice, DEVICES)
     if choice == "cpu":
         return "cpu"
     if not torch.cuda.is_available():
@@ -166,8 +121,7 @@ def resolve_precision(choice: str, device: str, index: int | None = None) -> str
     Measured on an AMD EPYC with AVX512-BF16 (2 cores): CIFAR ResNet-20 trains about 1.7x faster in bf16
     than in fp32; BENCHMARKS.md has the accuracy effect.
     """
-    if choice not in ("auto", "fp32", "bf16", "fp16"):
-        raise EttError(f"precision {choice}: choose auto, fp32, bf16 or fp16")
+    check_choice("precision", choice, PRECISIONS)
     if device == "cuda":
         cap = tuple(torch.cuda.get_device_capability(index))  # None: the current device
     if choice != "auto":
@@ -221,6 +175,79 @@ class TrainResult:
         return self.final
 
 
+@dataclass
+class TrainContext:
+    """A ticket and its settings, resolved once: the ticket read, its dataset (class count checked), the data
+    root, device, precision and thread count; after :meth:`load`, the data (with ``subset``), the iterations per
+    epoch and the customised recipe. ``train_ticket``, LMC and the study's calibration work from it."""
+
+    ticket: Ticket
+    path: Path | None  # the file or folder the ticket was read from (None: given as a Ticket without one)
+    settings: TrainSettings
+    dataset: DatasetSpec
+    root: Path
+    device: str  # "cpu" or "cuda"
+    precision: str  # "fp32", "bf16" or "fp16"
+    local: int = 0  # this process's GPU under torchrun
+    data: object = None
+    n_train: int = 0
+    per_epoch: int = 0
+    recipe: Recipe | None = None
+
+    @staticmethod
+    def resolve(ticket: Ticket | str | os.PathLike, settings: TrainSettings, *, local: int = 0) -> TrainContext:
+        """Read ``ticket`` (a :class:`Ticket` or a path), resolve its dataset, device and precision, and set the
+        thread count. Under torchrun ``local`` is the process's GPU, made the current device first."""
+        path = None if isinstance(ticket, Ticket) else Path(ticket)
+        tk = as_ticket(ticket)
+        path = path or tk.path
+        ds = dataset_for(tk, settings.dataset, path)
+        root = Path(settings.data_root).expanduser() if settings.data_root else default_data_root()
+        dev = resolve_device(settings.device, local)
+        if dev == "cuda":
+            torch.cuda.set_device(local)  # first: under torchrun every later question is about this process's GPU
+        prec = resolve_precision(settings.precision, dev, local if dev == "cuda" else None)
+        torch.set_num_threads(threads_for(settings.threads))
+        return TrainContext(tk, path, settings, ds, root, dev, prec, local)
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device, self.local if self.device == "cuda" else None)
+
+    @property
+    def batch(self) -> int:
+        """Images per step over all processes: the setting, else the dataset's recipe's."""
+        return self.settings.batch_size or recipe_for(self.dataset.name).batch_size
+
+    def autocast(self):
+        return autocast_for(self.device, self.precision)
+
+    def load(self, rank: int = 0, world: int = 1) -> TrainContext:
+        """Load the data (rank 0 first), keep ``subset`` of it, and work out the epoch and the recipe."""
+        ds, settings = self.dataset, self.settings
+        data = _load_data(ds, self.root, settings.download, rank, world)
+        if settings.subset is not None:
+            data = training_subset(data, ds, settings.subset)
+        n_train = len(data.train_y) if ds.kind == "memory" else len(data[0])
+        per_epoch = iterations_per_epoch(n_train, self.batch, world)
+        if per_epoch == 0:
+            raise EttError(
+                f"{ds.name} under {self.root} has {n_train} training images, fewer than one batch of {self.batch}"
+            )
+        self.data, self.n_train, self.per_epoch = data, n_train, per_epoch
+        self.recipe = customise(
+            recipe_for(ds.name),
+            per_epoch,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            milestones=settings.milestones,
+            weight_decay=settings.weight_decay,
+            warmup=settings.warmup,
+        )
+        return self
+
+
 def train_ticket(
     ticket: Ticket | str | os.PathLike,
     settings: TrainSettings = TrainSettings(),
@@ -233,7 +260,8 @@ def train_ticket(
     hooks: Hooks | None = None,
     metadata: dict[str, str] | None = None,
 ) -> TrainResult:
-    """Train ``ticket`` with its masks fixed and return the run's summary.
+    """Train ``ticket`` with its masks fixed and return the run's summary (the ticket and settings resolved by
+    :class:`TrainContext`).
 
     Args:
         ticket: a :class:`Ticket` or a path to any layout ett reads.
@@ -251,60 +279,26 @@ def train_ticket(
     """
     settings.check()
     hooks = hooks or Hooks()
-    path = None if isinstance(ticket, Ticket) else Path(ticket)
-    tk = ticket if isinstance(ticket, Ticket) else read_ticket(ticket)
-    path = path or tk.path
-    spec = tk.arch
-    family = FAMILY_DEFAULTS.lookup(spec.family)
-    from ettcli.data import default_data_root, get_dataset
-
-    ds = get_dataset(settings.dataset or tk.metadata.get("ett.dataset") or family.dataset)
-    if spec.num_classes != ds.num_classes:
-        head = next(n for n, t in spec.tensors.items() if t.role == "head" and n.endswith("weight"))
-        raise EttError(
-            f"{path or 'the ticket'}: its classifier has {spec.num_classes} outputs ({head} "
-            f"{list(spec.tensors[head].shape)}) but {ds.name} has {ds.num_classes} classes; pick a matching dataset"
-        )
-    start = parse_step(from_step or tk.metadata.get("ett.rewind_step") or "0it")
-    root = Path(settings.data_root).expanduser() if settings.data_root else default_data_root()
-    build_model(spec, seed=None, init=False)  # an architecture without a model fails here, before any data
-
     rank, world, local = _dist_env()
-    dev = resolve_device(settings.device, local)
-    if dev == "cuda":
-        torch.cuda.set_device(local)  # first: under torchrun every later question is about this process's GPU
-    prec = resolve_precision(settings.precision, dev, local if dev == "cuda" else None)
+    ctx = TrainContext.resolve(ticket, settings, local=local)
+    tk, path, spec, ds, root = ctx.ticket, ctx.path, ctx.ticket.arch, ctx.dataset, ctx.root
+    dev, prec = ctx.device, ctx.precision
+    start = parse_step(from_step or tk.metadata.get("ett.rewind_step") or "0it")
+    build_model(spec, seed=None, init=False)  # an architecture without a model fails here, before any data
     if settings.sync_bn and dev != "cuda":
         raise EttError("synchronised BatchNorm needs CUDA devices; leave it off on CPUs")
-    torch.set_num_threads(threads_for(settings.threads))
     own_group = world > 1 and not torch.distributed.is_initialized()
     if own_group:
         torch.distributed.init_process_group("nccl" if dev == "cuda" else "gloo")
     stack = contextlib.ExitStack()
     try:
         stack.enter_context(backend_flags(dev, settings.deterministic))
-        device = torch.device(dev, local if dev == "cuda" else None)
-        base = recipe_for(ds.name)
-        batch = settings.batch_size or base.batch_size
+        device = ctx.torch_device
+        batch = settings.batch_size or recipe_for(ds.name).batch_size
         if batch < world:
             raise EttError(f"batch size {batch} is smaller than the {world} processes")
-        data = _load_data(ds, root, settings.download, rank, world)
-        if settings.subset is not None:
-            data = _subset(data, ds, settings.subset)
-        n_train = len(data.train_y) if ds.kind == "memory" else len(data[0])
-        per_epoch = iterations_per_epoch(n_train, batch, world)
-        if per_epoch == 0:
-            raise EttError(f"{ds.name} under {root} has {n_train} training images, fewer than one batch of {batch}")
-        recipe = customise(
-            base,
-            per_epoch,
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            milestones=settings.milestones,
-            weight_decay=settings.weight_decay,
-            warmup=settings.warmup,
-        )
+        ctx.load(rank, world)
+        data, n_train, per_epoch, recipe = ctx.data, ctx.n_train, ctx.per_epoch, ctx.recipe
         total = recipe.total_iterations(per_epoch)
         first = start.iterations(per_epoch)
         end = parse_step(stop_at).iterations(per_epoch) if stop_at else total
@@ -318,25 +312,12 @@ def train_ticket(
         identity = {
             "ticket": tk.fingerprint(),
             "arch": spec.name,
-            "dataset": ds.name,
-            "recipe": recipe.as_dict(),
             "start_step": format_step(first, per_epoch),
             "end_step": format_step(end, per_epoch),
             "snapshot_step": None if snap is None else format_step(snap, per_epoch),
-            "seed": settings.seed,
-            "device": dev,
-            "precision": prec,
-            "compile": settings.compile,
-            **(
-                {"compile_mode": settings.compile_mode}
-                if settings.compile and settings.compile_mode != "default"
-                else {}
-            ),
-            "sync_bn": settings.sync_bn,
             "world_size": world,
+            **settings.identity({"dataset": ds.name, "recipe": recipe.as_dict(), "device": dev, "precision": prec}),
         }
-        if settings.subset is not None:
-            identity["subset"] = settings.subset
         run = RunFolder(Path(folder), identity) if folder else RunFolder.default(stem_of(path or "ticket"), identity)
         state = run.state()  # a folder holding another run is refused here, even with force
         if force:
@@ -438,7 +419,7 @@ def _check_steps(
         )
 
 
-def _subset(data, ds, n: int):
+def training_subset(data, ds, n: int):
     """``n`` training images, class-balanced (``n // classes`` each, one more for the first ``n % classes``
     classes), drawn by a fixed seed so that every run, whatever its own seed, trains on the same images."""
     import numpy as np
@@ -573,7 +554,8 @@ def _compile(module: torch.nn.Module, mode: str) -> torch.nn.Module:
     return torch.compile(module, mode=None if mode == "default" else mode)
 
 
-def _autocast(device: str, precision: str):
+def autocast_for(device: str, precision: str):
+    """The autocast context of ``precision`` on ``device`` (disabled for fp32)."""
     if precision == "fp32":
         return torch.autocast(device, enabled=False)
     return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -652,7 +634,7 @@ def run_loop(
     # is compiled twice; evaluation runs eagerly too (a third graph would cost more than it saves)
     static = len(range(cfg.rank, recipe.batch_size, cfg.world))
     graphs = cfg.compile and cfg.device == "cuda" and cfg.compile_mode in ("reduce-overhead", "max-autotune")
-    autocast = _autocast(cfg.device, cfg.precision)
+    autocast = autocast_for(cfg.device, cfg.precision)
     threads = _threads_dividing(static) if device.type == "cpu" else 0
 
     def save_rewind() -> None:
@@ -743,7 +725,7 @@ def run_loop(
             if cfg.world > 1:  # every rank evaluates the BatchNorm statistics rank 0 saves
                 for b in model.buffers():
                     torch.distributed.broadcast(b, 0)
-            test_loss, test_acc = evaluate(model, feeder, device, autocast, cfg.world)
+            test_loss, test_acc = evaluate(model, feeder.test_batches(), device, autocast, cfg.world)
             done = st.step / per_epoch
             row = {
                 "epoch": int(done) if done == int(done) else round(done, 4),
@@ -831,11 +813,12 @@ def _device_name(device: torch.device) -> str:
 
 
 @torch.no_grad()
-def evaluate(model, feeder: Feeder, device, autocast, world: int) -> tuple[float, float]:
-    """Test loss and accuracy with pruned weights exactly zero (BatchNorm in eval mode)."""
+def evaluate(model, batches, device, autocast, world: int = 1) -> tuple[float, float]:
+    """Mean loss and accuracy over ``batches`` (BatchNorm in eval mode; pruned weights are zero), summed over
+    processes; the model is left in train mode."""
     model.eval()
     sums = torch.zeros(3, device=device, dtype=torch.float64)
-    for x, y in feeder.test_batches():
+    for x, y in batches:
         with autocast:
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, reduction="sum")

@@ -11,7 +11,7 @@ from train_util import cifar_subset, needs_cifar
 
 from ettcli.data import InMemory, get_dataset
 from ettcli.errors import EttError
-from ettcli.train import _subset
+from ettcli.train import training_subset
 
 
 def fake(per_class: int, classes: int = 10) -> InMemory:
@@ -23,14 +23,14 @@ def fake(per_class: int, classes: int = 10) -> InMemory:
 
 def test_subset_is_class_balanced_and_fixed():
     ds = get_dataset("cifar10")
-    a, b = _subset(fake(30), ds, 103), _subset(fake(30), ds, 103)
+    a, b = training_subset(fake(30), ds, 103), training_subset(fake(30), ds, 103)
     counts = np.bincount(a.train_y, minlength=10)
     assert counts.tolist() == [11, 11, 11] + [10] * 7  # 103 = 10 each, one more for the first 3 classes
     assert np.array_equal(a.train_x, b.train_x)  # the same images every time
     ids = a.train_x[:, 0, 0, 0].astype(int) + 256 * a.train_x[:, 0, 0, 1].astype(int)
     assert len(set(ids.tolist())) == 103 and np.array_equal(a.train_y, ids // 30)  # no image twice, labels kept
     with pytest.raises(EttError, match="fewer than the 31"):
-        _subset(fake(30), ds, 310)
+        training_subset(fake(30), ds, 310)
 
 
 @needs_cifar

@@ -22,6 +22,7 @@ import typer
 from ettcli.commands import options as opt
 from ettcli.commands.common import EttGroup, EttTyper, command_line, handle_errors
 from ettcli.errors import EttError
+from ettcli.settings import TrainSettings, flag, setting_fields
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -40,7 +41,7 @@ LMC_HELP = (
     "they trained on, is kept)."
 )
 
-_TRAIN_ONLY = ("epochs", "lr", "milestones", "weight_decay", "warmup", "compile_", "compile_mode", "deterministic")
+_TRAIN_ONLY = ("epochs", "lr", "milestones", "weight_decay", "warmup", "compile", "compile_mode", "deterministic")
 
 
 class DefaultToRun(EttGroup):
@@ -61,6 +62,7 @@ lmc_app = EttTyper(
 )
 
 
+@opt.training_options(omit=("seed", "sync_bn", "workers"))
 def run(
     ticket: Annotated[
         Path | None, typer.Argument(help="The ticket whose two copies are trained (any layout ett reads).")
@@ -98,22 +100,7 @@ def run(
             "(0: none; 50000: all of CIFAR's, 5x the test set's cost).",
         ),
     ] = 10_000,
-    dataset: opt.Dataset = None,
-    data_root: opt.DataRoot = None,
-    download: opt.Download = False,
-    epochs: opt.Epochs = None,
-    batch_size: opt.BatchSize = None,
-    lr: opt.Lr = None,
-    milestones: opt.Milestones = None,
-    weight_decay: opt.WeightDecay = None,
-    warmup: opt.Warmup = None,
-    device: opt.Device = "auto",
-    precision: opt.Precision = "auto",
-    compile_: opt.Compile = False,
-    compile_mode: opt.CompileMode = "default",
-    deterministic: opt.Deterministic = False,
-    threads: opt.Threads = None,
-    subset: opt.Subset = None,
+    settings: TrainSettings = None,  # the training options (opt.training_options)
     out: Annotated[Path | None, typer.Option("--out", help="Folder for lmc.json (default under $ETT_RUNS).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print lmc.json on stdout, nothing else.")] = False,
@@ -122,8 +109,6 @@ def run(
 
     Example: ett lmc r20.safetensors --dataset cifar10 --data-root ~/data/cifar10 --epochs 160
     """
-    values = dict(locals())
-    settings = opt.settings_from(**values)
     say = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))  # noqa: E731
 
     def on_alpha(row: dict) -> None:
@@ -135,12 +120,13 @@ def run(
     if pair is not None:
         if ticket is not None:
             raise EttError(f"give a ticket to train ({ticket}) or --pair with two trained tickets, not both")
-        given = [name for name in _TRAIN_ONLY if values[name] not in (None, False, "default")]
+        given = [
+            flag(f.name) for f in setting_fields() if f.name in _TRAIN_ONLY and getattr(settings, f.name) != f.default
+        ]
         if seeds != "0,1":
-            given.append("seeds")
+            given.append("--seeds")
         if given:
-            flag = "--" + given[0].rstrip("_").replace("_", "-")
-            raise EttError(f"{flag} trains the copies, but --pair takes two trained tickets; drop {flag}")
+            raise EttError(f"{given[0]} trains the copies, but --pair takes two trained tickets; drop {given[0]}")
         from ettcli.lmc import lmc_pair
 
         record = lmc_pair(pair[0], pair[1], settings, out=out, on_alpha=on_alpha, **common)

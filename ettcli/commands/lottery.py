@@ -10,6 +10,7 @@ import typer
 
 from ettcli.commands import options as opt
 from ettcli.commands.common import command_line, handle_errors
+from ettcli.settings import TrainSettings
 
 IMP_HELP = (
     "Level 0 trains the dense network and keeps its state at the rewind step; level L prunes ceil(rate x "
@@ -21,6 +22,7 @@ IMP_HELP = (
 )
 
 
+@opt.training_options(omit=("sync_bn",))
 def imp(
     source: Annotated[
         str, typer.Argument(help="A dense ticket (e.g. from ett init) or an architecture name (e.g. cifar_resnet_20).")
@@ -42,24 +44,7 @@ def imp(
             "e.g. fc.weight for CIFAR VGG as open_lth does).",
         ),
     ] = None,
-    dataset: opt.Dataset = None,
-    data_root: opt.DataRoot = None,
-    download: opt.Download = False,
-    epochs: opt.Epochs = None,
-    batch_size: opt.BatchSize = None,
-    lr: opt.Lr = None,
-    milestones: opt.Milestones = None,
-    weight_decay: opt.WeightDecay = None,
-    warmup: opt.Warmup = None,
-    seed: opt.Seed = 0,
-    device: opt.Device = "auto",
-    precision: opt.Precision = "auto",
-    compile_: opt.Compile = False,
-    compile_mode: opt.CompileMode = "default",
-    deterministic: opt.Deterministic = False,
-    workers: opt.Workers = None,
-    threads: opt.Threads = None,
-    subset: opt.Subset = None,
+    settings: TrainSettings = None,  # the training options (opt.training_options)
     init_seed: Annotated[int, typer.Option("--init-seed", help="Seed of the initialisation for a name.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="IMP folder (default imp-<source>).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -71,7 +56,6 @@ def imp(
     from ettcli.lottery import ImpSpec
     from ettcli.lottery import imp as run_imp
 
-    settings = opt.settings_from(**locals())
     spec = ImpSpec(rate=rate, rewind=rewind, scope=scope, exclude=tuple(exclude) if exclude else None)
     out = out or Path(f"imp-{Path(source).name.split('.')[0]}")
 

@@ -1,143 +1,55 @@
-"""Training options, declared once: ``ett train``, ``ett prune imp`` and later commands take the same flags.
+"""Training options, generated from :class:`~ettcli.settings.TrainSettings`: one declaration for every command.
 
-Each alias is a ``typing.Annotated`` type that carries its Typer option; :func:`settings_from` turns the
-values into the core's :class:`~ettcli.train.TrainSettings` (imported lazily: no torch here).
+A command that trains declares a ``settings`` parameter and is decorated with :func:`training_options`: the
+parameter is replaced, at its place in the signature, by one option per setting (its flag, help text and
+default from the field), and the command receives the :class:`~ettcli.settings.TrainSettings` they make.
+``ett train``, ``ett prune imp`` and ``ett lmc run`` take them so; a study's ``[train]`` table reads the same
+fields (``ettcli.study.spec``). No torch here.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_type_hints
 
 import typer
 
-from ettcli.data import DATASETS
+from ettcli.settings import TrainSettings, flag, setting_fields
 
-Dataset = Annotated[
-    str | None,
-    typer.Option("--dataset", help=f"One of {DATASETS.choices()} (default: the ticket's, else its family's)."),
-]
-DataRoot = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-root",
-        help="Folder holding the dataset: train/<class>/ and test/<class>/ image folders, or torchvision's "
-        "cifar-10-batches-py/ (default $ETT_DATA, else ~/.cache/ett/data).",
-    ),
-]
-Download = Annotated[bool, typer.Option("--download", help="Fetch CIFAR with torchvision's downloader first.")]
-Epochs = Annotated[
-    int | None, typer.Option("--epochs", help="Training length in epochs; the schedule keeps its shape.")
-]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Images per step over all processes.")]
-Lr = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")]
-Milestones = Annotated[
-    str | None, typer.Option("--milestones", help="Steps where lr *= 0.1, e.g. 80ep,120ep (bare numbers are epochs).")
-]
-WeightDecay = Annotated[float | None, typer.Option("--weight-decay", help="L2 penalty.")]
-Warmup = Annotated[str | None, typer.Option("--warmup", help="Linear warmup length, e.g. 5ep or 500it.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the data order and augmentation.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-Precision = Annotated[
-    str,
-    typer.Option(
-        "--precision",
-        help="auto (bf16 where the hardware has it natively, else fp16 on GPUs, fp32 on CPUs), fp32, bf16 or fp16.",
-    ),
-]
-Compile = Annotated[
-    bool,
-    typer.Option(
-        "--compile",
-        help="torch.compile the training step (one batch shape: an epoch's partial last batch and evaluation "
-        "run eagerly, so the images and the results are those of an uncompiled run). Compile time is reported "
-        "apart from training time.",
-    ),
-]
-CompileMode = Annotated[
-    str,
-    typer.Option(
-        "--compile-mode",
-        help="With --compile: default, reduce-overhead (CUDA graphs: for small networks whose step is bound by "
-        "kernel launches), max-autotune or max-autotune-no-cudagraphs.",
-    ),
-]
-Deterministic = Annotated[
-    bool,
-    typer.Option(
-        "--deterministic",
-        help="Deterministic GPU kernels only (no cuDNN autotuning): reruns and resumes are bit-identical, a little slower.",
-    ),
-]
-SyncBn = Annotated[
-    bool,
-    typer.Option(
-        "--sync-bn",
-        help="Synchronise BatchNorm statistics across processes (CUDA, torchrun). open_lth has no such option: "
-        "off by default, each process normalises over its own share of the batch.",
-    ),
-]
-Workers = Annotated[int | None, typer.Option("--workers", help="DataLoader workers for image-folder datasets.")]
-Subset = Annotated[
-    int | None,
-    typer.Option(
-        "--subset",
-        help="Train on N training images, class-balanced and the same for every seed (CIFAR-style datasets).",
-    ),
-]
-Threads = Annotated[
-    int | None,
-    typer.Option(
-        "--threads",
-        help="CPU threads (default: OMP_NUM_THREADS where set, else the CPUs this process may use; more than "
-        "those is lowered to them). Use 1 on a busy machine.",
-    ),
-]
+_TYPES = {"data_root": Path | None}  # a path on the command line, text in the settings
 
 
-def settings_from(
-    dataset=None,
-    data_root=None,
-    download=False,
-    epochs=None,
-    batch_size=None,
-    lr=None,
-    milestones=None,
-    weight_decay=None,
-    warmup=None,
-    seed=0,
-    device="auto",
-    precision="auto",
-    compile_=False,
-    compile_mode="default",
-    deterministic=False,
-    sync_bn=False,
-    workers=None,
-    threads=None,
-    subset=None,
-    **_,
-):
-    """The core settings from option values (extra keyword arguments, the command's own, are ignored)."""
-    from ettcli.train import TrainSettings
+def option(f) -> object:
+    """The ``Annotated`` Typer option of one :class:`TrainSettings` field."""
+    kind = _TYPES.get(f.name) or get_type_hints(TrainSettings)[f.name]
+    return Annotated[kind, typer.Option(flag(f.name), help=f.metadata["help"])]
 
-    return TrainSettings(
-        dataset=dataset,
-        data_root=str(data_root) if data_root else None,
-        download=download,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        milestones=milestones,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        seed=seed,
-        device=device,
-        precision=precision,
-        compile=compile_,
-        compile_mode=compile_mode,
-        deterministic=deterministic,
-        sync_bn=sync_bn,
-        workers=workers,
-        threads=threads,
-        subset=subset,
-    )
+
+def training_options(omit: tuple[str, ...] = ()):
+    """Replace the command's ``settings`` parameter by one option per training setting (those in ``omit``
+    left out: they keep their defaults) and call the command with the :class:`TrainSettings` they make."""
+    chosen = [f for f in setting_fields() if f.name not in omit]
+
+    def wrap(fn):
+        params = []
+        for p in inspect.signature(fn, eval_str=True).parameters.values():
+            if p.name == "settings":
+                params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=option(f),
+                                             default=f.default) for f in chosen]  # fmt: skip
+            else:
+                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+        @functools.wraps(fn)
+        def command(**kw):
+            values = {f.name: kw.pop(f.name) for f in chosen}
+            if values.get("data_root") is not None:
+                values["data_root"] = str(values["data_root"])
+            return fn(**kw, settings=TrainSettings(**values))
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {}  # the signature carries the evaluated annotations
+        return command
+
+    return wrap

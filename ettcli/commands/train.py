@@ -13,6 +13,7 @@ import typer
 
 from ettcli.commands import options as opt
 from ettcli.commands.common import command_line, handle_errors
+from ettcli.settings import TrainSettings
 
 TRAIN_HELP = (
     "Files in --out: config.json (the run's identity and every setting), metrics.jsonl (one line per epoch), "
@@ -24,27 +25,10 @@ TRAIN_HELP = (
 )
 
 
+@opt.training_options()
 def train(
     ticket: Annotated[Path, typer.Argument(help="The ticket to train (any layout ett reads).")],
-    dataset: opt.Dataset = None,
-    data_root: opt.DataRoot = None,
-    download: opt.Download = False,
-    epochs: opt.Epochs = None,
-    batch_size: opt.BatchSize = None,
-    lr: opt.Lr = None,
-    milestones: opt.Milestones = None,
-    weight_decay: opt.WeightDecay = None,
-    warmup: opt.Warmup = None,
-    seed: opt.Seed = 0,
-    device: opt.Device = "auto",
-    precision: opt.Precision = "auto",
-    compile_: opt.Compile = False,
-    compile_mode: opt.CompileMode = "default",
-    deterministic: opt.Deterministic = False,
-    sync_bn: opt.SyncBn = False,
-    workers: opt.Workers = None,
-    threads: opt.Threads = None,
-    subset: opt.Subset = None,
+    settings: TrainSettings = None,  # the training options (opt.training_options)
     from_step: Annotated[
         str | None, typer.Option("--from-step", help="Start here instead of the ticket's rewind step (e.g. 0it).")
     ] = None,
@@ -69,7 +53,6 @@ def train(
     """
     from ettcli.train import train_ticket
 
-    settings = opt.settings_from(**locals())
     show = not quiet and int(os.environ.get("RANK", "0")) == 0
     progress = _Progress(sys.stderr.isatty()) if show else None
     try:

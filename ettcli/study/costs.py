@@ -92,11 +92,9 @@ def calibrate(study: Study, archs, threads: int, steps: int = 30, warmup: int = 
     which on a GPU take longer than hundreds of steps and would make the estimate far too slow."""
     import tempfile
 
-    from ettcli.arch import parse_arch
     from ettcli.models import init_ticket
-    from ettcli.recipe import recipe_for
     from ettcli.stfile import atomic_path
-    from ettcli.train import Hooks, TrainSettings, resolve_device, train_ticket
+    from ettcli.train import Hooks, TrainContext, TrainSettings, train_ticket
 
     settings = TrainSettings(
         **{k: v for k, v in study.train.items() if k not in ("epochs",)},
@@ -104,15 +102,15 @@ def calibrate(study: Study, archs, threads: int, steps: int = 30, warmup: int = 
         data_root=study.data_root,
         threads=threads,
     )
-    batch = settings.batch_size or recipe_for(study.dataset).batch_size
-    cuda = resolve_device(settings.device) == "cuda"
     out = {}
     with tempfile.TemporaryDirectory(prefix="ett-calibrate-") as tmp:
         for arch in archs:
-            ticket = init_ticket(parse_arch(arch, num_classes=study.num_classes), 0)
+            ticket = init_ticket(arch, 0, study.num_classes)
+            ctx = TrainContext.resolve(ticket, settings)  # the batch and the device train_ticket will use
+            batch, cuda = ctx.batch, ctx.device == "cuda"
             marks: dict[int, float] = {}
 
-            def mark(step: int, marks: dict = marks) -> None:
+            def mark(step: int, marks: dict = marks, cuda: bool = cuda) -> None:
                 if step in (warmup, warmup + steps):
                     if cuda:
                         import torch

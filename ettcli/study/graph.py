@@ -98,7 +98,9 @@ class _Graph:
 
 def _training(study: Study) -> dict:
     """The training settings that make a run what it is (seed added per job)."""
-    return {"dataset": study.dataset, **{k: v for k, v in study.train.items() if k != "workers"}}
+    from ettcli.settings import NOT_IDENTITY
+
+    return {"dataset": study.dataset, **{k: v for k, v in study.train.items() if k not in NOT_IDENTITY}}
 
 
 def schedule(study: Study) -> dict:

@@ -300,14 +300,13 @@ def _row(root: Path, job: dict, run_folder: Path, ticket, **extra) -> dict:
 
 def run_imp(root: Path, job: dict, s: ImpJob, threads: int | None) -> tuple[list[dict], dict]:
     """IMP up to ``s.level`` in the study's IMP folder (earlier levels are found finished); rows of its levels."""
-    from ettcli.arch import parse_arch
     from ettcli.lottery import ImpSpec, imp
     from ettcli.models import init_ticket
     from ettcli.ticket import read_ticket
 
     src = s.source
     if "arch" in src:
-        source = init_ticket(parse_arch(src["arch"], num_classes=src["num_classes"]), src["init_seed"])
+        source = init_ticket(src["arch"], src["init_seed"], src["num_classes"])
     else:
         source = read_ticket(job["env"]["source_ticket"])
         if source.fingerprint() != src["fingerprint"]:
@@ -337,11 +336,10 @@ def run_imp(root: Path, job: dict, s: ImpJob, threads: int | None) -> tuple[list
 
 def run_rewind(root: Path, job: dict, s: RewindJob, threads: int | None) -> tuple[list[dict], dict]:
     """A target trained dense from its initialisation to the rewind step; no rows."""
-    from ettcli.arch import parse_arch
     from ettcli.models import init_ticket
     from ettcli.train import train_ticket
 
-    dense = init_ticket(parse_arch(s.arch, num_classes=s.num_classes), s.init_seed)
+    dense = init_ticket(s.arch, s.init_seed, s.num_classes)
     folder = job_folder(root, job["key"]) / "run"
     train_ticket(dense, _settings(job, s, threads), folder=folder, from_step="0it", stop_at=s.rewind,
                  hooks=_hooks("rewind"), metadata={"ett.command": "ett study run"})  # fmt: skip
@@ -406,11 +404,10 @@ def run_train(root: Path, job: dict, s: TrainJob, threads: int | None) -> tuple[
 
 def run_dense(root: Path, job: dict, s: DenseJob, threads: int | None) -> tuple[list[dict], dict]:
     """A target trained dense from its initialisation (the reference accuracy); its results row."""
-    from ettcli.arch import parse_arch
     from ettcli.models import init_ticket
     from ettcli.train import train_ticket
 
-    ticket = init_ticket(parse_arch(s.arch, num_classes=s.num_classes), s.init_seed)
+    ticket = init_ticket(s.arch, s.init_seed, s.num_classes)
     folder = job_folder(root, job["key"]) / "run"
     train_ticket(ticket, _settings(job, s, threads), folder=folder, from_step="0it", hooks=_hooks("dense"),
                  metadata={"ett.command": "ett study run"})  # fmt: skip

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ettcli.arch import ArchSpec, parse_arch
 from ettcli.errors import EttError
+from ettcli.settings import setting_fields
 
 MATCHES = ("global", "layerwise")
 LIKES = ("transfers", "imp")
@@ -38,21 +39,7 @@ SCHEMA: dict[str, dict[str, str]] = {
         "targets": "a non-empty list of architecture names or stage lists such as [5, 5, 5]",
         "dense": "true or false (train every target dense once per seed: the reference accuracy)",
     },
-    "train": {
-        "epochs": "a positive integer",
-        "batch_size": "a positive integer",
-        "lr": "a positive number",
-        "milestones": "text such as '80ep,120ep'",
-        "weight_decay": "a number, 0 or more",
-        "warmup": "text such as '5ep' or '500it'",
-        "subset": "a positive integer (train on a seeded, class-balanced subset of this many images)",
-        "device": "'auto', 'cpu' or 'cuda'",
-        "precision": "'auto', 'fp32', 'bf16' or 'fp16'",
-        "compile": "true or false",
-        "compile_mode": "'default', 'reduce-overhead' (CUDA graphs), 'max-autotune' or 'max-autotune-no-cudagraphs'",
-        "deterministic": "true or false (deterministic GPU kernels: bit-identical reruns)",
-        "workers": "an integer, 0 or more",
-    },
+    "train": {f.name: f.metadata["study"] for f in setting_fields() if f.metadata["study"]},  # TrainSettings
     "imp": {
         "levels": "a positive integer (pruning levels after the dense level 0)",
         "rate": "a number strictly between 0 and 1",
@@ -390,50 +377,35 @@ def _imp(c: _Checker, t: dict) -> ImpSettings:
 
 
 def _train(c: _Checker, t: dict) -> dict:
-    s = SCHEMA["train"]
+    """The ``[train]`` table: the :class:`~ettcli.settings.TrainSettings` fields a study may set, each checked as
+    its declaration says; device, precision and compile are recorded even when not given, the others only then
+    (the jobs' names stay those of studies written before a key existed)."""
+    from ettcli.recipe import parse_steps, parse_warmup
+
     out: dict = {}
-    for k in ("epochs", "batch_size", "subset"):
-        if k in t:
-            out[k] = c.int_(f"train.{k}", t[k], s[k], low=1)
-    if "workers" in t:
-        out["workers"] = c.int_("train.workers", t["workers"], s["workers"], low=0)
-    if "lr" in t:
-        out["lr"] = c.num("train.lr", t["lr"], s["lr"])
-        if out["lr"] <= 0:
-            raise c.expect("train.lr", t["lr"], s["lr"])
-    if "weight_decay" in t:
-        out["weight_decay"] = c.num("train.weight_decay", t["weight_decay"], s["weight_decay"])
-        if out["weight_decay"] < 0:
-            raise c.expect("train.weight_decay", t["weight_decay"], s["weight_decay"])
-    if "milestones" in t:
-        from ettcli.recipe import parse_steps
-
-        text = c.str_("train.milestones", t["milestones"], s["milestones"])
-        try:
-            out["milestones"] = ",".join(str(m) for m in parse_steps(text))
-        except EttError:
-            raise c.expect("train.milestones", t["milestones"], s["milestones"]) from None
-    if "warmup" in t:
-        from ettcli.recipe import parse_warmup
-
-        text = c.str_("train.warmup", t["warmup"], s["warmup"])
-        try:
-            out["warmup"] = str(parse_warmup(text))
-        except EttError:
-            raise c.expect("train.warmup", t["warmup"], s["warmup"]) from None
-    out["device"] = c.choice("train.device", t.get("device", "auto"), ("auto", "cpu", "cuda"), s["device"])
-    out["precision"] = c.choice(
-        "train.precision", t.get("precision", "auto"), ("auto", "fp32", "bf16", "fp16"), s["precision"]
-    )
+    for f in setting_fields():
+        k, what, how = f.name, f.metadata["study"], f.metadata["study_check"]
+        if not what or (k not in t and not f.metadata["always"]):
+            continue
+        key, v = f"train.{k}", t.get(k, f.default)
+        if how in ("positive_int", "int"):
+            out[k] = c.int_(key, v, what, low=1 if how == "positive_int" else 0)
+        elif how in ("positive", "non_negative"):
+            out[k] = c.num(key, v, what)
+            if out[k] < 0 or (how == "positive" and out[k] == 0):
+                raise c.expect(key, v, what)
+        elif how in ("steps", "warmup"):
+            text = c.str_(key, v, what)
+            try:
+                out[k] = ",".join(str(m) for m in parse_steps(text)) if how == "steps" else str(parse_warmup(text))
+            except EttError:
+                raise c.expect(key, v, what) from None
+        elif how == "choice":
+            out[k] = c.choice(key, v, f.metadata["choices"], what)
+        else:
+            out[k] = c.bool_(key, v, what)
     if out["precision"] == "fp16" and out["device"] == "cpu":
         raise c.fail("train.precision", "fp16 needs a GPU; expected 'auto', 'fp32' or 'bf16' with device 'cpu'")
-    out["compile"] = c.bool_("train.compile", t.get("compile", False), s["compile"])
-    if "compile_mode" in t:  # only when given: the jobs' names stay those of studies written before it
-        from ettcli.recipe import COMPILE_MODES
-
-        out["compile_mode"] = c.choice("train.compile_mode", t["compile_mode"], COMPILE_MODES, s["compile_mode"])
-    if "deterministic" in t:
-        out["deterministic"] = c.bool_("train.deterministic", t["deterministic"], s["deterministic"])
     return out
 
 
