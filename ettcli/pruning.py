@@ -709,7 +709,7 @@ def prune_run(
 
     meta = _metadata(tk, ref, m, target, settings, sparsity, seed, invert, shuffle, reinit, samples_per_class, ds, data)
     if fresh:
-        meta["ett.init"] = "open_lth kaiming_normal"
+        meta["ett.init"] = tk.arch.fam.init_name
         meta["ett.seed"] = str(reinit if reinit is not None else seed)
     out = Ticket(tensors, masks, meta, tk.spec, None)
     return Pruned(out, m, target, ref, settings["match"], per_tensor)
