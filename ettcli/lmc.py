@@ -539,7 +539,7 @@ class _Context:
                 f"{ticket.path or 'the ticket'}: its classifier has {ticket.arch.num_classes} outputs but "
                 f"{ds.name} has {ds.num_classes} classes; pick a matching dataset"
             )
-        batch = settings.batch_size or recipe_for(ds.name).batch_size
+        batch = settings.batch_size or recipe_for(ds.name, ticket.arch.family, settings.recipe).batch_size
         if batch < 1:
             raise EttError(f"batch size {batch}: must be at least 1")
         device = resolve_device(settings.device)

@@ -180,7 +180,7 @@ def open_lth_epoch(ticket: Ticket) -> tuple[str, int, int]:
     from ettcli.recipe import FAMILY_DEFAULTS, recipe_for
 
     ds = get_dataset(ticket.metadata.get("ett.dataset") or FAMILY_DEFAULTS.lookup(ticket.arch.family).dataset)
-    batch = recipe_for(ds.name).batch_size
+    batch = recipe_for(ds.name, ticket.arch.family).batch_size
     return ds.name, batch, math.ceil(ds.train_size / batch)
 
 

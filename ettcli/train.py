@@ -63,6 +63,7 @@ class TrainSettings:
     workers: int | None = None  # DataLoader workers (image folders)
     threads: int | None = None  # CPU threads (default: the cores this process may use)
     subset: int | None = None  # train on this many training images, class-balanced, the same for every seed
+    recipe: str | None = None  # a registered recipe by name (default: the family's own, else the dataset's)
 
     def check(self) -> None:
         """Refuse values that cannot train, before any work is done."""
@@ -225,7 +226,7 @@ def train_ticket(
     stack = contextlib.ExitStack()
     try:
         device = torch.device(dev, local if dev == "cuda" else None)
-        base = recipe_for(ds.name)
+        base = recipe_for(ds.name, spec.family, settings.recipe)
         batch = settings.batch_size or base.batch_size
         if batch < world:
             raise EttError(f"batch size {batch} is smaller than the {world} processes")
@@ -501,13 +502,7 @@ def run_loop(
     if cfg.world > 1 and cfg.sync_bn:  # open_lth has no synchronised BatchNorm: off by default
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     masker = Masker(model, ticket.masks)
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        weight_decay=recipe.weight_decay,
-        **({"fused": True} if cfg.device == "cuda" else {"foreach": True}),
-    )
+    opt = make_optimizer(model, recipe, ticket.arch, cfg.device)
     scaler = torch.amp.GradScaler(cfg.device, enabled=cfg.precision == "fp16")
     st = LoopState(step=cfg.first)
     if resume:
@@ -550,7 +545,7 @@ def run_loop(
                     g["lr"] = lr
                 with autocast:
                     logits = runner(x)
-                    loss = F.cross_entropy(logits, y)
+                    loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -635,6 +630,29 @@ def run_loop(
         "seconds": st.elapsed + time.perf_counter() - t0,
         "train_seconds": st.train_seconds,
     }, model
+
+
+def make_optimizer(model: torch.nn.Module, recipe: Recipe, spec, device: str) -> torch.optim.Optimizer:
+    """The recipe's optimizer over the model's parameters.
+
+    ``decay="matrices"`` puts weight decay on the prunable tensors only (weight matrices and conv kernels,
+    as the spec says), never on biases, LayerNorm, position embeddings or the class token, as ViT recipes do.
+    """
+    kind = {"fused": True} if device == "cuda" else {"foreach": True}
+    params = list(model.named_parameters())
+    if recipe.decay == "matrices":
+        decayed = {n for n, t in spec.tensors.items() if t.prunable}
+        groups = [
+            {"params": [p for n, p in params if n in decayed], "weight_decay": recipe.weight_decay},
+            {"params": [p for n, p in params if n not in decayed], "weight_decay": 0.0},
+        ]
+    else:
+        groups = [{"params": [p for _, p in params], "weight_decay": recipe.weight_decay}]
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.momentum, 0.999), **kind)
+    if recipe.optimizer != "sgd":
+        raise EttError(f"recipe {recipe.name}: unknown optimizer '{recipe.optimizer}'; use sgd or adamw")
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, **kind)
 
 
 def _device_name(device: torch.device) -> str:

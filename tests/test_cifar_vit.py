@@ -99,3 +99,55 @@ def test_bad_names_are_refused():
         parse_arch("cifar_vit_6_300")
     assert parse_arch("cifar_vit_6_384").name == "cifar_vit_6_384"  # 6 heads of 64 (CCT-14's shape)
     assert isinstance(init_ticket(parse_arch("cifar_vit_1_8"), 0), Ticket)
+
+
+def test_vit_recipe_warms_up_then_decays_by_cosine_to_zero():
+    from ettcli.recipe import recipe_for
+
+    r = recipe_for("cifar10", "cifar_vit")
+    assert (r.name, r.optimizer, r.schedule, r.label_smoothing, r.decay) == ("vit", "adamw", "cosine", 0.1, "matrices")
+    assert (r.epochs, r.batch_size, r.lr, r.weight_decay, str(r.warmup)) == (200, 128, 5.5e-4, 0.06, "10ep")
+    per = 391
+    warm, total = 10 * per, 200 * per
+    assert r.lr_at(0, per) == 0.0
+    assert r.lr_at(warm // 2, per) == pytest.approx(r.lr / 2)
+    assert r.lr_at(warm, per) == pytest.approx(r.lr)
+    mid = (warm + total) // 2
+    assert r.lr_at(mid, per) == pytest.approx(r.lr / 2, rel=1e-3)
+    assert r.lr_at(total - 1, per) < 1e-9
+    lrs = [r.lr_at(i, per) for i in range(warm, total, 97)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # never rises after the warmup
+    # --epochs keeps the shape: 10 of 200 epochs of warmup is 1 of 20
+    assert str(r.scaled(20, per).warmup) == "1ep"
+    # other families keep their dataset's recipe; a recipe named explicitly wins over both
+    assert recipe_for("cifar10", "cifar_resnet").name == "cifar"
+    assert recipe_for("cifar10", "cifar_vit", "cifar").name == "cifar"
+    with pytest.raises(EttError, match="unknown training recipe 'nope'"):
+        recipe_for("cifar10", "cifar_vit", "nope")
+
+
+def test_open_lth_recipes_keep_their_run_identity():
+    from ettcli.recipe import RECIPES
+
+    # the fields recipes gained for the ViT appear only where they differ from open_lth's
+    assert set(RECIPES["cifar"].as_dict()) == {
+        "name", "epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "warmup"
+    }  # fmt: skip
+    assert RECIPES["vit"].as_dict()["optimizer"] == "adamw"
+
+
+def test_vit_optimizer_decays_weight_matrices_only():
+    from ettcli.recipe import RECIPES
+    from ettcli.train import make_optimizer
+
+    ticket = init_ticket(parse_arch("cifar_vit_2_16"), seed=0)
+    model = ettcli.load_model(ticket)
+    opt = make_optimizer(model, RECIPES["vit"], ticket.arch, "cpu")
+    assert isinstance(opt, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == set(ticket.prunable())  # matrices and the patch kernel; never LayerNorm, biases, tokens
+    assert "encoder.pos_embedding" not in decayed and "class_token" not in decayed
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
+    sgd = make_optimizer(model, RECIPES["cifar"], ticket.arch, "cpu")
+    assert isinstance(sgd, torch.optim.SGD) and all(g["weight_decay"] == 1e-4 for g in sgd.param_groups)

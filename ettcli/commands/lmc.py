@@ -113,6 +113,7 @@ def run(
     compile_: opt.Compile = False,
     threads: opt.Threads = None,
     subset: opt.Subset = None,
+    recipe: opt.RecipeName = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for lmc.json (default under $ETT_RUNS).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print lmc.json on stdout, nothing else.")] = False,
@@ -215,6 +216,8 @@ def _report(record: dict) -> None:
     test, train = record["test"], record["train"]
     s = record["settings"]
     reset = f"BatchNorm re-estimated ({s['bn_data']})" if s["bn_reset"] else "interpolated BatchNorm statistics"
+    if record.get("bn_layers") == 0:
+        reset = "no BatchNorm to re-estimate (LayerNorm has no running statistics)"
     table = Table(title=f"{record['arch']} on {record['dataset']}, {100 * record['sparsity']:.2f}% sparse, {reset}")
     table.add_column("alpha", justify="right")
     table.add_column("test acc %", justify="right")

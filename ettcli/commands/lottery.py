@@ -59,6 +59,7 @@ def imp(
     workers: opt.Workers = None,
     threads: opt.Threads = None,
     subset: opt.Subset = None,
+    recipe: opt.RecipeName = None,
     init_seed: Annotated[int, typer.Option("--init-seed", help="Seed of the initialisation for a name.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="IMP folder (default imp-<source>).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from ettcli.data import DATASETS
+from ettcli.recipe import RECIPES
 
 Dataset = Annotated[
     str | None,
@@ -62,6 +63,14 @@ Subset = Annotated[
         help="Train on N training images, class-balanced and the same for every seed (CIFAR-style datasets).",
     ),
 ]
+RecipeName = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe",
+        help=f"Training recipe, one of {RECIPES.choices()} (default: the family's own, vit for cifar_vit, else "
+        "the dataset's); the options above override its values.",
+    ),
+]
 Threads = Annotated[
     int | None,
     typer.Option("--threads", help="CPU threads (default: the cores this process may use). Use 1 on a busy machine."),
@@ -86,6 +95,7 @@ def settings_from(
     workers=None,
     threads=None,
     subset=None,
+    recipe=None,
     **_,
 ):
     """The core settings from option values (extra keyword arguments, the command's own, are ignored)."""
@@ -109,4 +119,5 @@ def settings_from(
         workers=workers,
         threads=threads,
         subset=subset,
+        recipe=recipe,
     )

@@ -43,6 +43,7 @@ def train(
     workers: opt.Workers = None,
     threads: opt.Threads = None,
     subset: opt.Subset = None,
+    recipe: opt.RecipeName = None,
     from_step: Annotated[
         str | None, typer.Option("--from-step", help="Start here instead of the ticket's rewind step (e.g. 0it).")
     ] = None,

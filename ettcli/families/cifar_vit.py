@@ -51,6 +51,7 @@ class CifarViT(TorchvisionViT):
     target_example = "cifar_vit_8"
     short_example = "vit-8"
     dataset = "cifar10"
+    recipe = "vit"
     # Late rewinding: Transformers lose their tickets when rewound to initialisation (Brix et al. 2020,
     # "Successfully applying the stabilized lottery ticket hypothesis to the Transformer architecture").
     # 2 epochs is 1% of the 200-epoch recipe (782 iterations at batch 128), the fraction open_lth's 1000

@@ -50,6 +50,7 @@ SCHEMA: dict[str, dict[str, str]] = {
         "precision": "'auto', 'fp32', 'bf16' or 'fp16'",
         "compile": "true or false",
         "workers": "an integer, 0 or more",
+        "recipe": "a registered training recipe name (default: the family's own, else the dataset's)",
     },
     "imp": {
         "levels": "a positive integer (pruning levels after the dense level 0)",
@@ -415,6 +416,10 @@ def _train(c: _Checker, t: dict) -> dict:
             out["warmup"] = str(parse_warmup(text))
         except EttError:
             raise c.expect("train.warmup", t["warmup"], s["warmup"]) from None
+    if "recipe" in t:
+        from ettcli.recipe import RECIPES
+
+        out["recipe"] = c.choice("train.recipe", t["recipe"], tuple(RECIPES), s["recipe"])
     out["device"] = c.choice("train.device", t.get("device", "auto"), ("auto", "cpu", "cuda"), s["device"])
     out["precision"] = c.choice(
         "train.precision", t.get("precision", "auto"), ("auto", "fp32", "bf16", "fp16"), s["precision"]
