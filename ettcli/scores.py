@@ -122,8 +122,15 @@ def _test_transformed(spec, files: list[Path]) -> torch.Tensor:
 # --- scoring helpers -------------------------------------------------------------------------------------------------
 @contextmanager
 def _exact(device_type: str):
-    """Gradients on, autocast off: scores in the model's own dtype whatever context the caller runs in."""
-    with torch.enable_grad(), torch.autocast(device_type, enabled=False):
+    """Gradients on, autocast off: scores in the model's own dtype whatever context the caller runs in.
+
+    Attention (the Transformer families) runs on PyTorch's math kernel: the fused CPU and flash kernels have
+    no double backward, which GraSP's Hessian-gradient product needs, and the math kernel computes in the
+    model's dtype (float64 for SynFlow) on every device.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with torch.enable_grad(), torch.autocast(device_type, enabled=False), sdpa_kernel(SDPBackend.MATH):
         yield
 
 

@@ -151,3 +151,25 @@ def test_vit_optimizer_decays_weight_matrices_only():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
     sgd = make_optimizer(model, RECIPES["cifar"], ticket.arch, "cpu")
     assert isinstance(sgd, torch.optim.SGD) and all(g["weight_decay"] == 1e-4 for g in sgd.param_groups)
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp", "grasp-abs", "synflow", "magnitude", "random"])
+def test_one_shot_methods_hit_exact_counts_on_a_vit(method):
+    """The scorers run the LayerNorm + attention network (GraSP's double backward included) and keep exactly
+    the asked number of weights; the patch embedding and the head stay dense."""
+    from ettcli.pruning import METHODS, prune_run
+
+    spec = parse_arch("cifar_vit_2_16")
+    ticket = init_ticket(spec, seed=0)
+    rng = np.random.default_rng(0)
+    arrays = dict(ticket.arrays())
+    head = rng.standard_normal(arrays["heads.head.weight"].shape).astype(np.float32)  # as after some training
+    ticket = Ticket.from_arrays({**arrays, "heads.head.weight": head}, {}, {})
+    data = None
+    if METHODS[method].data:
+        data = rng.standard_normal((20, 3, 32, 32)).astype(np.float32), np.arange(20) % 10
+    total, _ = ticket.counts()
+    out = prune_run(ticket, method, sparsity=0.73, data=data).ticket
+    assert out.counts() == (total, round(0.27 * total))
+    assert "conv_proj.weight" not in out.masks and "heads.head.weight" not in out.masks
+    assert set(out.masks) == set(ticket.prunable()) - {"conv_proj.weight", "heads.head.weight"}
