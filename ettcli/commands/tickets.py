@@ -232,7 +232,9 @@ def convert(
 
 @handle_errors
 def init(
-    arch: str = typer.Argument(..., help="Canonical name, e.g. cifar_resnet_20, imagenet_resnet_18, cifar_vgg_16, cifar_vit_6."),
+    arch: str = typer.Argument(
+        ..., help="Canonical name, e.g. cifar_resnet_20, imagenet_resnet_18, cifar_vgg_16, cifar_vit_6."
+    ),
     out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file (or .pt/.pth)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation."),
     num_classes: int = typer.Option(10, "--num-classes", help="Classifier outputs (1 or more)."),
