@@ -173,3 +173,10 @@ def test_one_shot_methods_hit_exact_counts_on_a_vit(method):
     assert out.counts() == (total, round(0.27 * total))
     assert "conv_proj.weight" not in out.masks and "heads.head.weight" not in out.masks
     assert set(out.masks) == set(ticket.prunable()) - {"conv_proj.weight", "heads.head.weight"}
+
+
+def test_synflow_help_states_its_caveat_on_layernorm_and_attention(cli):
+    r = cli("prune", "synflow", "--help")
+    assert r.exit_code == 0
+    text = " ".join(r.stdout.split())
+    assert "LayerNorm" in text and "positively homogeneous" in text
