@@ -261,5 +261,9 @@ def customise(
         late = [str(m) for m, i in zip(steps, its) if i >= end]
         if late:
             warn(f"milestone {', '.join(late)} is at or past the end of training ({recipe.epochs}ep); it never applies")
+        if steps and recipe.gamma == 1.0:
+            warn(
+                f"recipe {recipe.name} decays by its schedule, not in steps (gamma 1): milestones {milestones} change nothing"
+            )
         recipe = replace(recipe, milestones=steps)
     return recipe

@@ -180,3 +180,11 @@ def test_synflow_help_states_its_caveat_on_layernorm_and_attention(cli):
     assert r.exit_code == 0
     text = " ".join(r.stdout.split())
     assert "LayerNorm" in text and "positively homogeneous" in text
+
+
+def test_milestones_on_the_vit_recipe_are_warned_about():
+    from ettcli.errors import EttWarning
+    from ettcli.recipe import customise, recipe_for
+
+    with pytest.warns(EttWarning, match="milestones 5ep change nothing"):
+        customise(recipe_for("cifar10", "cifar_vit"), 391, milestones="5ep")
