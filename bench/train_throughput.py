@@ -6,11 +6,15 @@ mask multiplied into the weights before each forward. ``ett``'s loop is ``ettcli
 data resident as uint8 on the device, batched augmentation, channels_last, auto precision), run for two
 epochs of the same images; the second epoch's rate is reported (the first pays for warm-up).
 
-Both train the same 80%-sparse ticket at batch 128. Images: the CIFAR-10 copy in ../shared/data when it is
+Both train the same 80%-sparse ticket at batch 128, with the network family's recipe: SGD for the CIFAR
+ResNet; for the CIFAR ViT (``--archs cifar_vit_4_64``) AdamW with label smoothing 0.1 in both loops (the
+plain loop as a timm/CCT-style script would write it, weight decay on every parameter), and ``ett``'s loop
+once at auto precision and once in fp32. Images: the CIFAR-10 copy in ../shared/data when it is
 there (decoded once into a temporary cache), else random uint8 images of the same shape.
 
     .venv/bin/python bench/train_throughput.py                 # CPU, and GPU when CUDA is present
     .venv/bin/python bench/train_throughput.py --images 5120 --devices cpu
+    OMP_NUM_THREADS=1 .venv/bin/python bench/train_throughput.py --archs cifar_vit_4_64 --images 2560 --rounds 1
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from ettcli.models import init_ticket
 from ettcli.pruning import magnitude_masks
 from ettcli.recipe import customise, recipe_for
 from ettcli.runs import RunFolder
-from ettcli.train import Hooks, LoopConfig, resolve_precision, run_loop
+from ettcli.train import Hooks, LoopConfig, make_optimizer, resolve_precision, run_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -58,13 +62,13 @@ def make_ticket(arch: str):
     return ticket
 
 
-def ett_loop(arch: str, x, y, device: str, tmp: Path, compile_: bool = False) -> tuple[float, str]:
+def ett_loop(arch: str, x, y, device: str, tmp: Path, compile_: bool = False, precision="auto") -> tuple[float, str]:
     """Images/s of ``ettcli.train.run_loop`` over the second of two epochs."""
     ticket = make_ticket(arch)
-    prec = resolve_precision("auto", device)
+    prec = resolve_precision(precision, device)
     data = InMemory(x, y, x[:1000], y[:1000], [], "bench")
     feeder = MemoryFeeder(data, get_dataset("cifar10"), BATCH, torch.device(device), 0)
-    recipe = customise(recipe_for("cifar10"), feeder.per_epoch, epochs=2)
+    recipe = customise(recipe_for("cifar10", ticket.arch.family), feeder.per_epoch, epochs=2)
     cfg = LoopConfig(recipe, 0, recipe.total_iterations(feeder.per_epoch), None, device, prec, compile_, False)
     run = RunFolder(Path(tempfile.mkdtemp(dir=tmp)), {"bench": arch})
     run.begin(fresh=True)
@@ -105,7 +109,12 @@ def plain_loop(arch: str, x, y, device: str, workers: int) -> float:
     model.to(device)
     params = dict(model.named_parameters())
     masks = {k: torch.from_numpy(m.array).to(device=device, dtype=torch.float32) for k, m in ticket.masks.items()}
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    vit = ticket.arch.family == "cifar_vit"
+    if vit:  # a plain ViT script: AdamW on every parameter, label smoothing
+        opt = torch.optim.AdamW(model.parameters(), lr=5.5e-4, weight_decay=0.06)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    smoothing = 0.1 if vit else 0.0
     loader = torch.utils.data.DataLoader(
         _PilDataset(x, y), batch_size=BATCH, shuffle=True, num_workers=workers, pin_memory=device == "cuda"
     )
@@ -120,7 +129,7 @@ def plain_loop(arch: str, x, y, device: str, workers: int) -> float:
         with torch.no_grad():
             for k, m in masks.items():
                 params[k].mul_(m)
-        loss = F.cross_entropy(model(xb), yb)
+        loss = F.cross_entropy(model(xb), yb, label_smoothing=smoothing)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -136,8 +145,9 @@ def compute_only(arch: str, x, device: str, bf16: bool, steps: int = 20) -> floa
     from ettcli.models import build_model
 
     fmt = torch.channels_last if bf16 else torch.contiguous_format
-    model = build_model(parse_arch(arch), seed=0).to(device=device, memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True)
+    spec = parse_arch(arch)
+    model = build_model(spec, seed=0).to(device=device, memory_format=fmt)
+    opt = make_optimizer(model, recipe_for("cifar10", spec.family), spec, device)  # the family's optimizer
     xb = torch.from_numpy(x[:BATCH]).to(device).permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=fmt)
     yb = torch.zeros(BATCH, dtype=torch.long, device=device)
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -147,7 +157,7 @@ def compute_only(arch: str, x, device: str, bf16: bool, steps: int = 20) -> floa
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         with torch.autocast(device, dtype=dtype, enabled=bf16):
-            loss = F.cross_entropy(model(xb), yb)
+            loss = F.cross_entropy(model(xb), yb, label_smoothing=recipe_for("cifar10", spec.family).label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -162,6 +172,9 @@ def main() -> None:
     ap.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--plain-workers", default="0,2", help="DataLoader workers tried for the plain loop")
     ap.add_argument("--rounds", type=int, default=2, help="alternate the loops this many times; keep each one's best")
+    ap.add_argument(
+        "--archs", default=None, help="networks, comma-separated (default: cifar_resnet_20; on CUDA also 56)"
+    )
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -171,6 +184,8 @@ def main() -> None:
         print(f"threads {torch.get_num_threads()}, cpu bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
         for device in args.devices.split(","):
             archs = ["cifar_resnet_20"] + (["cifar_resnet_56"] if device == "cuda" else [])
+            if args.archs:
+                archs = args.archs.split(",")
             for arch in archs:
                 # loops alternate, and each keeps its best round: other load on the machine only slows a loop down
                 loops = [(f"plain open_lth-style, {w} workers", w) for w in map(int, args.plain_workers.split(","))]
@@ -178,6 +193,8 @@ def main() -> None:
                 loops += [("ett train loop", False)] + (
                     [("ett train loop, --compile", True)] if device == "cuda" else []
                 )
+                if arch.startswith("cifar_vit") and device == "cpu":  # narrow ViTs: bf16's casts may not pay
+                    loops += [("ett train loop, --precision fp32", "fp32")]
                 best: dict[str, tuple[float, str]] = {}
                 for r in range(args.rounds):
                     for name, arg in loops:
@@ -187,6 +204,8 @@ def main() -> None:
                             rate = compute_only(arch, x, device, arg)
                             prec = "bf16 channels_last" if arg else "fp32 NCHW"
                             name = f"compute only (one fixed batch, {prec.split()[0]})"
+                        elif arg == "fp32":
+                            rate, prec = ett_loop(arch, x, y, device, tmp, precision="fp32")
                         else:
                             rate, prec = ett_loop(arch, x, y, device, tmp, arg)
                             prec += " channels_last"

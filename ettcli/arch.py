@@ -68,7 +68,8 @@ class Family:
     error messages show.
 
     Models and training (torch imported lazily, inside the methods): :meth:`build` makes the model,
-    :meth:`init` initialises it; ``dataset``, ``rewind`` and ``imp_exclude`` are its default recipe.
+    :meth:`init` initialises it; ``dataset``, ``rewind``, ``imp_exclude`` and ``recipe`` (a training recipe of
+    its own, where the dataset's does not suit it) are its defaults for training.
     """
 
     name: str = ""
@@ -87,6 +88,8 @@ class Family:
     dataset: str = "cifar10"  # trained on when no dataset is named
     rewind: str = "0it"  # IMP's default rewind step
     imp_exclude: tuple[str, ...] = ()  # prunable tensors IMP leaves dense by default
+    recipe: str | None = None  # the training recipe (recipe.RECIPES) where not the dataset's
+    init_name: str = "open_lth kaiming_normal"  # what init() does, recorded in an initialised ticket
 
     # --- naming ---------------------------------------------------------------------------------------
     def depth(self, spec: ArchSpec) -> int:

@@ -144,6 +144,11 @@ def check_same_layout(a, b) -> None:
         )
 
 
+def has_batchnorm(spec) -> bool:
+    """Whether a network keeps BatchNorm running statistics (read from its tensor names, no model built)."""
+    return any(name.endswith("running_mean") for name in spec.tensors)
+
+
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
@@ -248,10 +253,11 @@ def connectivity(
     autocast = autocast_for(device.type, precision)
     if bn_reset:
         _check_bn_data(bn_data)
-        bn_idx = bn_indices(feeder.n, bn_batches, feeder.batch, feeder.seed)
     sub = train_subset(feeder.n, train_images)
     model = model_from_ticket(a, device).to(memory_format=torch.channels_last)
     layers = len(_batchnorms(model))
+    if bn_reset and layers:  # a network without BatchNorm (a ViT's LayerNorm) needs no batches for it
+        bn_idx = bn_indices(feeder.n, bn_batches, feeder.batch, feeder.seed)
     if bn_reset and not layers:
         warn(f"{a.path or 'the ticket'} has no BatchNorm layers: there are no statistics to re-estimate")
     sa, sb = _state_of(a, device), _state_of(b, device)
@@ -522,7 +528,7 @@ class _Context:
         # the images the copies trained on (subset included): their train error and statistics
         data, root, device, precision = ctx.load().data, ctx.root, ctx.device, ctx.precision
         n_train = len(data.train_y)
-        if bn_reset:
+        if bn_reset and has_batchnorm(ticket.arch):
             bn_indices(n_train, bn_batches, batch)  # enough images for the batches, before any training
         feeder = MemoryFeeder(data, ds, batch, torch.device(device), seed=BN_SEED)
         kept = min(train_images, n_train)

@@ -257,8 +257,8 @@ def ticket_from_model(
 
 
 def init_ticket(spec: ArchSpec | str, seed: int, num_classes: int | None = None) -> Ticket:
-    """A dense ticket of ``spec`` (or of an architecture name, parsed with ``num_classes``) with open_lth's
-    initialisation, seeded; its rewind step is 0."""
+    """A dense ticket of ``spec`` (or of an architecture name, parsed with ``num_classes``) initialised by its
+    family (open_lth's scheme by default), seeded; its rewind step is 0."""
     from ettcli.arch import check_fits_in_memory, parse_arch
 
     if isinstance(spec, str):
@@ -273,7 +273,7 @@ def init_ticket(spec: ArchSpec | str, seed: int, num_classes: int | None = None)
             f"not enough memory to build {spec.name} ({spec.num_values:,} parameters and buffers); choose a "
             "smaller width or depth, or free memory"
         ) from None
-    metadata = {"ett.seed": str(seed), "ett.init": "open_lth kaiming_normal", "ett.rewind_step": "0it"}
+    metadata = {"ett.seed": str(seed), "ett.init": spec.fam.init_name, "ett.rewind_step": "0it"}
     return ticket_from_model(model, metadata=metadata)
 
 

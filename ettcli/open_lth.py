@@ -195,7 +195,7 @@ def open_lth_epoch(ticket: Ticket) -> tuple[str, int, int]:
     from ettcli.settings import dataset_of
 
     ds = dataset_of(ticket)
-    batch = recipe_for(ds.name).batch_size
+    batch = recipe_for(ds.name, ticket.arch.family).batch_size
     return ds.name, batch, math.ceil(ds.train_size / batch)
 
 

@@ -167,7 +167,12 @@ register(
         "included) is replaced by its absolute value; R is the sum of the outputs for an all-ones input of the "
         "dataset's image shape (batch 1), and each weight scores |w * dR/dw|. 100 rounds on an exponential "
         "schedule: round k keeps round(N * d ** (k / 100)) weights (d the target density, the last round exactly "
-        "the target), the masks applied before each round; the written weights keep their signs.",
+        "the target), the masks applied before each round; the written weights keep their signs. On a network with "
+        "LayerNorm and attention (cifar_vit and the other Transformer families) this definition is applied as "
+        "written, but its guarantee does not hold: SynFlow's conservation argument needs a positively homogeneous "
+        "network, and LayerNorm (which divides by the activations' spread) and softmax attention are not, so the "
+        "scores are not path products there; an all-ones input also makes every patch token alike, and a "
+        "zero-initialised classifier (torchvision's ViT head) scores every weight 0, so prune rewind-point weights.",
         "ett prune synflow r20_rewind.safetensors --like r20_level10.safetensors -o r20_synflow.safetensors",
         "ettcli.scores:synflow",
         network=True,

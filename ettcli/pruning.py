@@ -176,7 +176,7 @@ def prune_run(ticket: Ticket | str | Path, method: str, options: PruneOptions | 
 
     meta = _metadata(tk, ref, m, target, o, match, bn, ds)
     if fresh:
-        meta["ett.init"] = "open_lth kaiming_normal"
+        meta["ett.init"] = tk.arch.fam.init_name
         meta["ett.seed"] = str(init_seed)
     out = Ticket(tensors, masks, meta, tk.spec, None)
     return Pruned(out, m, target, ref, match, per_tensor)
@@ -237,8 +237,6 @@ def check_like(ticket: Ticket, ref: Ticket, where: str) -> None:
             f"--like {where}: its prunable tensors differ from TICKET's (e.g. {name} {list(shape)}); "
             "match against a ticket of the same network"
         )
-
-
 
 
 def _check_counts(masks: Mapping[str, Mask], target: Target | None) -> None:

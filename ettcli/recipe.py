@@ -5,7 +5,9 @@ The recipe follows the data a ticket is trained on (CIFAR-10/100: 160 epochs at 
 the network: an ImageNet-style ResNet trained on CIFAR-10 gets the CIFAR recipe. What does depend on the
 family is kept apart in :data:`FAMILY_DEFAULTS`: the dataset a family is trained on when none is named, and
 the rewind step IMP uses (1000 iterations for CIFAR ResNets, 200 for CIFAR VGG, 5 epochs on ImageNet) and
-the layers IMP leaves dense (open_lth's CIFAR VGG keeps its classifier dense).
+the layers IMP leaves dense (open_lth's CIFAR VGG keeps its classifier dense). A family whose networks do
+not train under SGD with step decay names a recipe of its own (the CIFAR ViT: ``vit``, AdamW with warmup and
+cosine decay, after Hassani et al. 2021); ``--recipe NAME`` chooses any registered recipe over both.
 
 A :class:`Recipe` is a frozen dataclass in epochs and steps; the learning-rate schedule it describes is a
 pure function of the iteration (:meth:`Recipe.lr_at`), so starting at a rewind step or resuming from a
@@ -42,6 +44,10 @@ class Recipe:
     milestones: tuple[Step, ...]  # the lr is multiplied by gamma at each of these steps
     gamma: float  # lr factor at each milestone
     warmup: Step = Step()  # linear warmup from 0 over this many steps
+    optimizer: str = "sgd"  # "sgd" (momentum) or "adamw" (betas momentum, 0.999)
+    schedule: str = "step"  # "step": x gamma at the milestones; "cosine": cosine decay to 0 after the warmup
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    decay: str = "all"  # weight decay on "all" parameters (open_lth) or on the prunable "matrices" only
 
     def scaled(self, epochs: int, per_epoch: int) -> Recipe:
         """The same schedule shape over ``epochs`` epochs (milestones and warmup at the same fractions)."""
@@ -69,15 +75,26 @@ class Recipe:
         warm = self.warmup.iterations(per_epoch)
         if warm:
             factor *= min(1.0, it / warm)
+        if self.schedule == "cosine" and it >= warm:
+            span = max(self.total_iterations(per_epoch) - warm, 1)
+            factor *= 0.5 * (1.0 + math.cos(math.pi * min(it - warm, span) / span))
         return self.lr * factor
 
     def describe(self) -> str:
         """One line for the start of a run: the recipe's name, origin and every value."""
         ms = ",".join(str(m) for m in self.milestones) or "none"
         warm = f", warmup {self.warmup}" if self.warmup != Step() else ""
+        opt = f"SGD lr {self.lr:g} momentum {self.momentum:g}"
+        if self.optimizer == "adamw":
+            opt = f"AdamW lr {self.lr:g} betas ({self.momentum:g}, 0.999)"
+        wd = f"weight decay {self.weight_decay:g}" + (" on weight matrices only" if self.decay == "matrices" else "")
+        sched = f"lr x{self.gamma:g} at {ms}"
+        if self.schedule == "cosine":
+            sched = "cosine decay" + (f", lr x{self.gamma:g} at {ms}" if self.milestones else "")
+        smooth = f", label smoothing {self.label_smoothing:g}" if self.label_smoothing else ""
         return (
-            f"recipe {self.name} ({self.summary}): {self.epochs} epoch{'s' * (self.epochs != 1)}, batch {self.batch_size}, SGD lr {self.lr:g} "
-            f"momentum {self.momentum:g}, weight decay {self.weight_decay:g}, lr x{self.gamma:g} at {ms}{warm}"
+            f"recipe {self.name} ({self.summary}): {self.epochs} epoch{'s' * (self.epochs != 1)}, batch {self.batch_size}, {opt}, "
+            f"{wd}, {sched}{warm}{smooth}"
         )
 
     def as_dict(self) -> dict:
@@ -91,7 +108,20 @@ class Recipe:
             "milestones": [str(m) for m in self.milestones],
             "gamma": self.gamma,
             "warmup": str(self.warmup),
+            # the fields recipes gained later, only where they differ from open_lth's (run identities unchanged)
+            **{k: v for k, v in self._extras().items() if v != _EXTRA_DEFAULTS[k]},
         }
+
+    def _extras(self) -> dict:
+        return {
+            "optimizer": self.optimizer,
+            "schedule": self.schedule,
+            "label_smoothing": self.label_smoothing,
+            "decay": self.decay,
+        }
+
+
+_EXTRA_DEFAULTS = {"optimizer": "sgd", "schedule": "step", "label_smoothing": 0.0, "decay": "all"}
 
 
 def _scale(step: Step, f: Fraction, per_epoch: int) -> Step:
@@ -112,6 +142,28 @@ def register(recipe: Recipe) -> Recipe:
 
 
 register(Recipe("cifar", "open_lth's CIFAR recipe", 160, 128, 0.1, 0.9, 1e-4, (Step(80), Step(120)), 0.1))
+# ViT-Lite/CCT on CIFAR-10 (Hassani et al. 2021, "Escaping the Big Data Paradigm with Compact Transformers"):
+# AdamW lr 5.5e-4, weight decay 0.06 on the weight matrices, batch 128, 10 warmup epochs then cosine decay,
+# label smoothing 0.1, 200 epochs. Their RandAugment, mixup and cutmix are left out (crop and flip only): see
+# docs/vit.md for what that costs.
+register(
+    Recipe(
+        "vit",
+        "ViT-Lite/CCT's CIFAR recipe, Hassani et al. 2021, crop and flip only",
+        200,
+        128,
+        5.5e-4,
+        0.9,
+        0.06,
+        (),
+        1.0,
+        Step(10),
+        optimizer="adamw",
+        schedule="cosine",
+        label_smoothing=0.1,
+        decay="matrices",
+    )
+)
 register(
     Recipe(
         "imagenet", "open_lth's ImageNet recipe", 90, 1024, 0.4, 0.9, 1e-4, (Step(30), Step(60), Step(80)), 0.1, Step(5)
@@ -126,6 +178,7 @@ class FamilyDefaults:
     dataset: str  # trained on when no dataset is named
     rewind: Step  # IMP's default rewind step
     imp_exclude: tuple[str, ...] = ()  # prunable tensors IMP leaves dense (open_lth's pruning_layers_to_ignore)
+    recipe: str | None = None  # the family's own training recipe, over the dataset's
 
 
 class _FamilyDefaults:
@@ -135,17 +188,23 @@ class _FamilyDefaults:
         from ettcli.arch import FAMILIES
 
         family = FAMILIES.lookup(name)
-        return FamilyDefaults(family.dataset, parse_step(family.rewind), tuple(family.imp_exclude))
+        return FamilyDefaults(
+            family.dataset, parse_step(family.rewind), tuple(family.imp_exclude), getattr(family, "recipe", None)
+        )
 
 
 FAMILY_DEFAULTS = _FamilyDefaults()
 
 
-def recipe_for(dataset: str) -> Recipe:
-    """The recipe of a registered dataset (its ``recipe`` field names one in :data:`RECIPES`)."""
+def recipe_for(dataset: str, family: str | None = None, name: str | None = None) -> Recipe:
+    """The recipe a run uses: ``name`` where given (``--recipe``), else the family's own (the CIFAR ViT's
+    ``vit``), else the dataset's (its ``recipe`` field names one in :data:`RECIPES`)."""
     from ettcli.data import get_dataset
 
-    return RECIPES.lookup(get_dataset(dataset).recipe)
+    if name:
+        return RECIPES.lookup(name)
+    own = FAMILY_DEFAULTS.lookup(family).recipe if family else None
+    return RECIPES.lookup(own or get_dataset(dataset).recipe)
 
 
 def parse_steps(text: str) -> tuple[Step, ...]:
@@ -206,5 +265,9 @@ def customise(
         late = [str(m) for m, i in zip(steps, its) if i >= end]
         if late:
             warn(f"milestone {', '.join(late)} is at or past the end of training ({recipe.epochs}ep); it never applies")
+        if steps and recipe.gamma == 1.0:
+            warn(
+                f"recipe {recipe.name} decays by its schedule, not in steps (gamma 1): milestones {milestones} change nothing"
+            )
         recipe = replace(recipe, milestones=steps)
     return recipe

@@ -123,8 +123,15 @@ def _test_transformed(spec, files: list[Path]) -> torch.Tensor:
 @contextmanager
 def _exact(device_type: str):
     """Gradients on, autocast off, TF32 off: scores in the model's own dtype whatever context the caller runs in
-    (on GPUs from Ampere on, float32 matmuls and convolutions run in TF32 once training has turned it on)."""
-    with torch.enable_grad(), torch.autocast(device_type, enabled=False), _ieee_fp32():
+    (on GPUs from Ampere on, float32 matmuls and convolutions run in TF32 once training has turned it on).
+
+    Attention (the Transformer families) runs on PyTorch's math kernel: the fused CPU and flash kernels have
+    no double backward, which GraSP's Hessian-gradient product needs, and the math kernel computes in the
+    model's dtype (float64 for SynFlow) on every device.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with torch.enable_grad(), torch.autocast(device_type, enabled=False), _ieee_fp32(), sdpa_kernel(SDPBackend.MATH):
         yield
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 
 from ettcli.data import DATASETS
 from ettcli.errors import EttError
-from ettcli.recipe import COMPILE_MODES
+from ettcli.recipe import COMPILE_MODES, RECIPES
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -150,6 +150,16 @@ class TrainSettings:
         study_check="positive_int",
         identity="if_set",
     )  # the same images for every seed
+    recipe: str | None = _setting(
+        None,
+        f"Training recipe, one of {RECIPES.choices()} (default: the family's own, vit for cifar_vit, else the "
+        "dataset's); the options above override its values.",
+        choices=tuple(RECIPES),
+        study="a registered training recipe name (default: the family's own, else the dataset's)",
+        study_check="choice",
+        identity="if_set",
+        resolved=True,
+    )  # a run counts the recipe it resolved to
 
     def check(self) -> None:
         """Refuse values that cannot train, before any work is done."""
@@ -167,7 +177,7 @@ class TrainSettings:
             raise EttError(f"threads {self.threads}: must be at least 1")
         for f in fields(self):
             choices = f.metadata["choices"]
-            if choices and getattr(self, f.name) not in choices:
+            if choices and getattr(self, f.name) is not None and getattr(self, f.name) not in choices:
                 raise EttError(f"{f.name.replace('_', ' ')} {getattr(self, f.name)}: choose {_choose(choices)}")
 
     def identity(self, resolved: dict | None = None) -> dict:

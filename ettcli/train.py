@@ -217,7 +217,10 @@ class TrainContext:
     @property
     def batch(self) -> int:
         """Images per step over all processes: the setting, else the dataset's recipe's."""
-        return self.settings.batch_size or recipe_for(self.dataset.name).batch_size
+        return (
+            self.settings.batch_size
+            or recipe_for(self.dataset.name, self.ticket.arch.family, self.settings.recipe).batch_size
+        )
 
     def autocast(self):
         return autocast_for(self.device, self.precision)
@@ -236,7 +239,7 @@ class TrainContext:
             )
         self.data, self.n_train, self.per_epoch = data, n_train, per_epoch
         self.recipe = customise(
-            recipe_for(ds.name),
+            recipe_for(ds.name, self.ticket.arch.family, settings.recipe),
             per_epoch,
             epochs=settings.epochs,
             batch_size=settings.batch_size,
@@ -294,7 +297,7 @@ def train_ticket(
     try:
         stack.enter_context(backend_flags(dev, settings.deterministic))
         device = ctx.torch_device
-        batch = settings.batch_size or recipe_for(ds.name).batch_size
+        batch = ctx.batch
         if batch < world:
             raise EttError(f"batch size {batch} is smaller than the {world} processes")
         ctx.load(rank, world)
@@ -601,13 +604,7 @@ def run_loop(
     if cfg.world > 1 and cfg.sync_bn:  # open_lth has no synchronised BatchNorm: off by default
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     masker = Masker(model, ticket.masks)
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        weight_decay=recipe.weight_decay,
-        **({"fused": True} if cfg.device == "cuda" else {"foreach": True}),
-    )
+    opt = make_optimizer(model, recipe, ticket.arch, cfg.device)
     scaler = torch.amp.GradScaler(cfg.device, enabled=cfg.precision == "fp16")
     st = LoopState(step=cfg.first)
     if resume:
@@ -674,7 +671,7 @@ def run_loop(
                     torch.set_num_threads(math.gcd(len(y), threads))
                 with autocast:
                     logits = net(x)
-                    loss = F.cross_entropy(logits, y)
+                    loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -804,6 +801,29 @@ def _threads_dividing(batch: int) -> int:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def make_optimizer(model: torch.nn.Module, recipe: Recipe, spec, device: str) -> torch.optim.Optimizer:
+    """The recipe's optimizer over the model's parameters.
+
+    ``decay="matrices"`` puts weight decay on the prunable tensors only (weight matrices and conv kernels,
+    as the spec says), never on biases, LayerNorm, position embeddings or the class token, as ViT recipes do.
+    """
+    kind = {"fused": True} if device == "cuda" else {"foreach": True}
+    params = list(model.named_parameters())
+    if recipe.decay == "matrices":
+        decayed = {n for n, t in spec.tensors.items() if t.prunable}
+        groups = [
+            {"params": [p for n, p in params if n in decayed], "weight_decay": recipe.weight_decay},
+            {"params": [p for n, p in params if n not in decayed], "weight_decay": 0.0},
+        ]
+    else:
+        groups = [{"params": [p for _, p in params], "weight_decay": recipe.weight_decay}]
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.momentum, 0.999), **kind)
+    if recipe.optimizer != "sgd":
+        raise EttError(f"recipe {recipe.name}: unknown optimizer '{recipe.optimizer}'; use sgd or adamw")
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, **kind)
 
 
 def _device_name(device: torch.device) -> str:

@@ -128,3 +128,22 @@ def test_the_lmc_figure_does_not_zoom_a_flat_path_into_a_barrier(cli, tmp_path):
     r = cli("lmc", "plot", tmp_path, "-o", tmp_path / "lmc.svg")
     assert r.exit_code == 0, r.stderr
     assert "the endpoints after BatchNorm re-estimation" in (tmp_path / "lmc.svg").read_text()
+
+
+def test_the_vit_mini_studys_report_is_what_its_results_give(cli, tmp_path):
+    """The shipped ViT study's committed report is regenerated from its results, and its highest-level cells
+    are the means of the rows (the README quotes them)."""
+    vit = ROOT / "studies" / "cifar10-vit-mini"
+    folder = tmp_path / "vit"
+    folder.mkdir()
+    for name in ("results.jsonl", "study.toml"):
+        shutil.copy(vit / name, folder / name)
+    text = report(cli, folder)
+    assert (folder / "report.md").read_text() == (vit / "report.md").read_text()
+    rows = rows_of(folder)
+    for target in ("cifar_vit_8_64", "cifar_vit_2_64"):
+        for method in ("imp", "ett", "random", "snip"):
+            accs = [100 * r["final_test_accuracy"] for r in rows
+                    if r["target"] == target and r["method"] == method and r["level"] == 4]  # fmt: skip
+            assert len(accs) == 2, (target, method)
+            assert f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f} (2)" in text

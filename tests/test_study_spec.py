@@ -60,6 +60,7 @@ BAD = [
     (BASE.replace("epochs = 1", "epochs = true"), ["'train.epochs'", "a positive integer"]),
     (BASE.replace("[train]\n", "[train]\nlr = -1\n"), ["'train.lr'", "a positive number"]),
     (BASE.replace("[train]\n", '[train]\nprecision = "fp8"\n'), ["'train.precision'", "'fp32'"]),
+    (BASE.replace("[train]\n", '[train]\nrecipe = "adam"\n'), ["'train.recipe'", "a registered training recipe"]),
     (BASE.replace("[train]\n", '[train]\ndevice = "cpu"\nprecision = "fp16"\n'), ["'train.precision'", "GPU"]),
     (BASE.replace("[train]\n", '[train]\nmilestones = "soon"\n'), ["'train.milestones'", "80ep,120ep"]),
     (BASE.replace("[train]\n", '[train]\ncompile_mode = "fast"\n'), ["'train.compile_mode'", "'reduce-overhead'"]),
@@ -217,7 +218,7 @@ def test_init_writes_an_example_that_plans(cli, tmp_path):
 
 
 @needs_methods
-@pytest.mark.parametrize("name", ["cifar10-resnet", "imagenet-resnet", "cifar10-mini"])
+@pytest.mark.parametrize("name", ["cifar10-resnet", "imagenet-resnet", "cifar10-mini", "cifar10-vit-mini"])
 def test_shipped_studies_load_and_plan(name):
     study = load_study(ROOT / "studies" / f"{name}.toml")
     jobs = plan_jobs(study)
@@ -365,3 +366,11 @@ def test_every_job_has_its_kinds_typed_spec_and_its_job_file_reads_back_as_it(cl
     r = cli("study", "job", study.out, key)
     assert_user_error(r, str(path), "not a dense job's spec", "init_seed", "rerun 'ett study run'")
     assert not (job_folder(study.out, key) / "attempts.jsonl").exists()
+
+
+def test_a_study_names_a_recipe_that_its_jobs_carry(tmp_path):
+    study = load_study(write(tmp_path, BASE.replace("[train]\n", '[train]\nrecipe = "vit"\n')))
+    assert study.train["recipe"] == "vit"
+    jobs = plan_jobs(study)
+    imp = next(j for j in jobs.values() if j.kind == "imp")
+    assert imp.spec["settings"]["recipe"] == "vit"  # in every job's identity and TrainSettings

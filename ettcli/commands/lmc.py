@@ -192,6 +192,8 @@ def _report(record: dict) -> None:
     test, train = record["test"], record["train"]
     s = record["settings"]
     reset = f"BatchNorm re-estimated ({s['bn_data']})" if s["bn_reset"] else "interpolated BatchNorm statistics"
+    if record.get("bn_layers") == 0:
+        reset = "no BatchNorm to re-estimate"
     table = Table(title=f"{record['arch']} on {record['dataset']}, {100 * record['sparsity']:.2f}% sparse, {reset}")
     table.add_column("alpha", justify="right")
     table.add_column("test acc %", justify="right")

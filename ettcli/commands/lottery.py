@@ -31,7 +31,11 @@ def imp(
     rate: Annotated[float, typer.Option("--rate", help="Fraction of the remaining weights pruned per level.")] = 0.2,
     rewind: Annotated[
         str | None,
-        typer.Option("--rewind", help="Rewind step (default: 1000it CIFAR ResNets, 200it CIFAR VGG, 5ep ImageNet)."),
+        typer.Option(
+            "--rewind",
+            help="Rewind step (default: 1000it CIFAR ResNets, 200it CIFAR VGG, 5ep ImageNet, 2ep CIFAR ViT: "
+            "Transformers need a late rewind, Brix et al. 2020).",
+        ),
     ] = None,
     scope: Annotated[
         str, typer.Option("--scope", help="global (one ranking over all layers) or layerwise (each layer alike).")

@@ -232,12 +232,15 @@ def convert(
 
 @handle_errors
 def init(
-    arch: str = typer.Argument(..., help="Canonical name, e.g. cifar_resnet_20, imagenet_resnet_18, cifar_vgg_16."),
+    arch: str = typer.Argument(
+        ..., help="Canonical name, e.g. cifar_resnet_20, imagenet_resnet_18, cifar_vgg_16, cifar_vit_6."
+    ),
     out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file (or .pt/.pth)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation."),
     num_classes: int = typer.Option(10, "--num-classes", help="Classifier outputs (1 or more)."),
 ) -> None:
-    """Write a freshly initialised dense ticket (open_lth init: Kaiming normal, BN gamma ~ U(0,1))."""
+    """Write a freshly initialised dense ticket (its family's init: open_lth's Kaiming normal and BN gamma ~ U(0,1)
+    for the CNNs, torchvision's own for cifar_vit)."""
     from ettcli.arch import parse_arch
     from ettcli.models import init_ticket
     from ettcli.ticket import output_format

@@ -270,5 +270,7 @@ class PatternFamily(Family):
                 "have the same tensors (check the unit pattern)"
             )
 
+    init_name = "the defining library's own (its constructor), seeded"
+
     def init(self, model) -> None:
         """The defining library's own initialisation (done by its constructor)."""

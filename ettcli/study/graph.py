@@ -106,10 +106,11 @@ def _training(study: Study) -> dict:
 def schedule(study: Study) -> dict:
     """Iterations per epoch, total iterations, batch, test images: for the cost estimates."""
     from ettcli.data import DATASETS
-    from ettcli.recipe import RECIPES
+    from ettcli.recipe import recipe_for
 
     ds = DATASETS[study.dataset]
-    recipe = RECIPES[ds.recipe]
+    family = study.sources[0].spec.family if study.sources else None
+    recipe = recipe_for(ds.name, family, study.train.get("recipe"))
     n = study.train.get("subset") or ds.train_size
     batch = study.train.get("batch_size") or recipe.batch_size
     full, rest = divmod(n, batch)
