@@ -58,7 +58,11 @@ def _lmc(app: typer.Typer) -> None:
 COMMANDS: dict[str, tuple[Callable[[typer.Typer], None], str]] = {
     "inspect": (_tickets, "Show a ticket's architecture, stages and units, and its per-tensor and global sparsity."),
     "convert": (_tickets, "Convert a ticket in any supported layout into an ett ticket (or an open_lth level folder)."),
-    "init": (_tickets, "Write a freshly initialised dense ticket (open_lth init: Kaiming normal, BN gamma ~ U(0,1))."),
+    "init": (
+        _tickets,
+        "Write a freshly initialised dense ticket (its family's init: open_lth's Kaiming normal and BN gamma ~ "
+        "U(0,1)\nfor the CNNs, torchvision's own for cifar_vit).",  # the docstring's line break, as Typer keeps it
+    ),
     "plan": (
         _transform,
         "Show which source unit fills which target position, the mapping, and the predicted sparsity.",
