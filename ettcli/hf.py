@@ -18,8 +18,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from ettcli.errors import EttError, commit_point
 from ettcli.stfile import Source, read_header, write_error, write_file
 
@@ -119,6 +117,8 @@ def write_hf_folder(ticket, out: str | os.PathLike, source: Path | None = None) 
         raise EttError(f"{out}: exists and is not an empty folder; choose a new folder for --hf-folder")
     if not out.parent.is_dir():
         raise EttError(f"{out}: its folder {out.parent} does not exist; create it or choose another path")
+    import numpy as np
+
     entries = []
     for name, src in ticket.tensors.items():
         if name in ticket.masks:

@@ -1,27 +1,38 @@
-"""Masks as first-class values: binary, shape-checked against their tensor, with density and sparsity."""
+"""Masks as first-class values: binary, shape-checked against their tensor, with density and sparsity.
+
+A mask read from a safetensors file stays the file's bytes (one 0/1 byte per entry, C order) until someone
+asks for its numpy :attr:`Mask.array`: counting, comparing and writing it need no numpy, so the transforms,
+which only copy masks under new names, never import it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
+import math
+from typing import TYPE_CHECKING
 
 from ettcli.errors import EttError
 
+if TYPE_CHECKING:
+    import numpy as np
 
-@dataclass(frozen=True, eq=False)
+
 class Mask:
-    """A binary keep-mask (True = kept) for one prunable tensor."""
+    """A binary keep-mask (True = kept) for one prunable tensor; immutable."""
 
-    array: np.ndarray
+    __slots__ = ("_array", "_raw", "_shape")
 
-    def __post_init__(self) -> None:
-        if self.array.dtype != np.bool_:
+    def __init__(self, array: np.ndarray):
+        if array.dtype != bool:
             raise TypeError("Mask holds a bool array; use Mask.from_values to convert")
+        self._array = array
+        self._raw: bytes | None = None
+        self._shape = tuple(array.shape)
 
     @staticmethod
     def from_values(values: np.ndarray, name: str = "mask", where: str = "ticket") -> Mask:
         """Convert a bool, 0/1 integer or 0.0/1.0 float array; anything else is an EttError."""
+        import numpy as np
+
         values = np.asarray(values)
         if values.dtype == np.bool_:
             raw = values.view(np.uint8) if values.flags.c_contiguous else values.astype(np.uint8)
@@ -38,20 +49,55 @@ class Mask:
         return Mask(np.require(values != 0, requirements="C"))
 
     @staticmethod
+    def from_bytes(raw: bytes, shape: tuple[int, ...], name: str = "mask", where: str = "ticket") -> Mask:
+        """A mask from a bool tensor's raw bytes (one byte per entry, C order); a byte other than 0 or 1 is an
+        EttError, as in :meth:`from_values`."""
+        if len(raw) != math.prod(shape):
+            raise EttError(f"{where}: mask '{name}' has {len(raw)} bytes for its shape {list(shape)}")
+        if raw.translate(None, b"\x00\x01"):
+            raise EttError(f"{where}: mask '{name}' holds byte values other than 0 and 1")
+        mask = Mask.__new__(Mask)
+        mask._array, mask._raw, mask._shape = None, bytes(raw), tuple(shape)
+        return mask
+
+    @staticmethod
     def ones_like(shape: tuple[int, ...]) -> Mask:
+        import numpy as np
+
         return Mask(np.ones(shape, dtype=bool))
 
     @property
+    def array(self) -> np.ndarray:
+        """The mask as a bool numpy array (read-only where it was read from a file)."""
+        if self._array is None:
+            import numpy as np
+
+            self._array = np.frombuffer(self._raw, dtype=np.bool_).reshape(self._shape)
+        return self._array
+
+    def buffer(self) -> bytes | memoryview:
+        """The mask's bytes (one 0/1 byte per entry, C order), without a copy where possible."""
+        if self._raw is not None:
+            return self._raw
+        import numpy as np
+
+        return memoryview(np.ascontiguousarray(self._array)).cast("B")
+
+    @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape)
+        return self._shape
 
     @property
     def numel(self) -> int:
-        return int(self.array.size)
+        return math.prod(self._shape)
 
     @property
     def kept(self) -> int:
-        return int(np.count_nonzero(self.array))
+        if self._raw is not None:
+            return len(self._raw) - self._raw.count(0)
+        import numpy as np
+
+        return int(np.count_nonzero(self._array))
 
     @property
     def density(self) -> float:
@@ -70,9 +116,21 @@ class Mask:
         """The same number of kept entries at random positions within the tensor."""
         flat = self.array.reshape(-1).copy()
         rng.shuffle(flat)
-        return Mask(flat.reshape(self.array.shape))
+        return Mask(flat.reshape(self._shape))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mask) and np.array_equal(self.array, other.array)
+        if not isinstance(other, Mask) or self._shape != other._shape:
+            return False
+        if self._raw is not None and other._raw is not None:
+            return self._raw == other._raw
+        import numpy as np
+
+        return bool(np.array_equal(self.array, other.array))
 
     __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Mask(shape={list(self._shape)}, kept={self.kept:,} of {self.numel:,})"
+
+    def __reduce__(self):
+        return (Mask, (self.array,)) if self._raw is None else (Mask.from_bytes, (self._raw, self._shape))

@@ -25,8 +25,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ettcli.arch import strip_wrappers
 from ettcli.errors import EttError
 from ettcli.steps import Step, parse_step
@@ -34,6 +32,8 @@ from ettcli.stfile import atomic_path, sha256_files, write_error
 from ettcli.torchfile import load_arrays, save_torch
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ettcli.ticket import Ticket
 
 MODEL_FILE = re.compile(r"^model_ep(\d+)_it(\d+)\.pth$")
@@ -230,6 +230,8 @@ def write_open_lth(ticket: Ticket, folder: str | Path, step: str | None = None, 
                 "choose a new folder, or pass --force to replace the open_lth level files in it"
             )
         stale = [p for p in entries if (MODEL_FILE.match(p.name) and p.name != model_name) or p.name in LEVEL_FILES]
+    import numpy as np
+
     state = {n: torch.from_numpy(np.array(a)) for n, a in ticket.arrays()}
     masks = {n: torch.from_numpy(ticket.mask(n).array.astype(np.int32)) for n in ticket.prunable()}
     hparams = _hparams_text(ticket.arch.name, dataset, batch, rewind)

@@ -2,7 +2,8 @@
 
 A safetensors file is an 8-byte little-endian header length, a JSON header and one raw buffer. ett parses
 the header itself (to give precise errors and to know every tensor's byte range), reads tensors as numpy
-arrays, and writes files by streaming byte ranges, so that a transform never holds a ticket twice.
+arrays, and writes files by streaming byte ranges, so that a transform never holds a ticket twice. Only
+reading values imports numpy: a header, a byte range and a write need none, so ``ett stretch`` never loads it.
 Files written here load with the ``safetensors`` library, and files the library writes load here; the tests
 check both directions.
 """
@@ -19,37 +20,48 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ettcli.errors import EttError, commit_point
 
-# safetensors dtype codes -> numpy dtypes (little-endian). BF16 is read as raw uint16 and widened on demand.
-DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype("<u2"),
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"),
-    "U32": np.dtype("<u4"),
-    "U16": np.dtype("<u2"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"),
+if TYPE_CHECKING:
+    import numpy as np
+
+# safetensors dtype codes -> (bytes per entry, numpy dtype, little-endian). BF16 is read as raw uint16 and
+# widened on demand.
+DTYPES: dict[str, tuple[int, str]] = {
+    "F64": (8, "<f8"),
+    "F32": (4, "<f4"),
+    "F16": (2, "<f2"),
+    "BF16": (2, "<u2"),
+    "I64": (8, "<i8"),
+    "I32": (4, "<i4"),
+    "I16": (2, "<i2"),
+    "I8": (1, "i1"),
+    "U64": (8, "<u8"),
+    "U32": (4, "<u4"),
+    "U16": (2, "<u2"),
+    "U8": (1, "u1"),
+    "BOOL": (1, "?"),
 }
-_CODES = {np.dtype(v).str: k for k, v in DTYPES.items() if k not in ("BF16",)}
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 _CHUNK = 8 << 20
+
+
+@cache
+def _codes() -> dict[str, str]:
+    """numpy dtype string -> safetensors code (BF16 has no numpy dtype of its own)."""
+    import numpy as np
+
+    return {np.dtype(v).str: k for k, (_, v) in DTYPES.items() if k != "BF16"}
 
 
 def dtype_code(array: np.ndarray) -> str:
     """The safetensors code for a numpy array's dtype."""
     dt = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-    code = _CODES.get(np.dtype(dt).str)
+    code = _codes().get(dt.str)
     if code is None:
         raise EttError(f"cannot store numpy dtype {array.dtype} in a safetensors file")
     return code
@@ -67,7 +79,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -154,7 +166,7 @@ def _tensor_info(path: Path, name: str, entry, base: int) -> TensorInfo:
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_natural(o) for o in offsets):
         raise EttError(f"{where} has data_offsets {json.dumps(offsets)}; expected two non-negative integers")
     s, e = offsets
-    want = math.prod(shape) * DTYPES[code].itemsize
+    want = math.prod(shape) * DTYPES[code][0]
     if e < s or e - s != want:
         raise EttError(f"{where} has byte range [{s}, {e}) but its {code} shape {shape} needs {want} bytes")
     return TensorInfo(name, code, tuple(shape), base + s, base + e)
@@ -181,16 +193,23 @@ def _check_tiling(path: Path, infos, base: int, data_len: int) -> None:
         raise EttError(f"{path}: {what} but the data buffer holds {data_len} bytes; the file is truncated or damaged")
 
 
-def read_array(path: Path, info: TensorInfo, fh=None) -> np.ndarray:
-    """Read one tensor as a numpy array (BF16 widened to float32)."""
+def read_bytes(path: Path, info: TensorInfo, fh=None) -> bytes:
+    """Read one tensor's raw bytes (little-endian, C order)."""
     if fh is None:
         with open(path, "rb") as f:
-            return read_array(path, info, f)
+            return read_bytes(path, info, f)
     fh.seek(info.start)
     buf = fh.read(info.end - info.start)
     if len(buf) != info.end - info.start:
         raise EttError(f"{path}: truncated while reading '{info.name}'")
-    arr = np.frombuffer(buf, dtype=DTYPES[info.dtype]).reshape(info.shape)
+    return buf
+
+
+def read_array(path: Path, info: TensorInfo, fh=None) -> np.ndarray:
+    """Read one tensor as a numpy array (BF16 widened to float32)."""
+    import numpy as np
+
+    arr = np.frombuffer(read_bytes(path, info, fh), dtype=DTYPES[info.dtype][1]).reshape(info.shape)
     if info.dtype == "BF16":
         arr = (arr.astype(np.uint32) << 16).view(np.float32)
     return arr
@@ -198,7 +217,8 @@ def read_array(path: Path, info: TensorInfo, fh=None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Source:
-    """A tensor to write: either an in-memory array or a byte range of an existing file."""
+    """A tensor to write: an in-memory array, raw bytes (``raw``: little-endian, C order) or a byte range of
+    an existing file."""
 
     dtype: str
     shape: tuple[int, ...]
@@ -206,15 +226,20 @@ class Source:
     path: Path | None = None
     start: int = 0
     end: int = 0
+    raw: bytes | memoryview | None = None
 
     @property
     def nbytes(self) -> int:
         if self.array is not None:
             return self.array.nbytes
+        if self.raw is not None:
+            return memoryview(self.raw).nbytes
         return self.end - self.start
 
     @staticmethod
     def of_array(array: np.ndarray) -> Source:
+        import numpy as np
+
         array = np.require(array, requirements="C")  # keeps 0-d arrays 0-d
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
@@ -366,8 +391,8 @@ def write_file(path: str | os.PathLike, entries: Iterable[tuple[str, Source]], m
                 out.write(struct.pack("<Q", len(raw)))
                 out.write(raw)
                 for _, src in entries:
-                    if src.array is not None:
-                        out.write(memoryview(src.array).cast("B"))
+                    if src.array is not None or src.raw is not None:
+                        out.write(memoryview(src.array if src.raw is None else src.raw).cast("B"))
                         continue
                     fh = handles.get(src.path)
                     if fh is None:

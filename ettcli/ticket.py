@@ -12,8 +12,8 @@ Supported inputs (docs/ticket-format.md):
 Files are recognised by their content, whatever their suffix. Written: ett tickets (``.safetensors``) and
 torch state dicts (``.pt`` / ``.pth``), see :meth:`Ticket.save`; level folders, see :mod:`ettcli.open_lth`.
 
-Reading safetensors never imports torch: tensors stay in the file (as byte ranges) until someone asks
-for their values, and masks are read eagerly because they are small and must be validated.
+Reading safetensors never imports torch, nor numpy: tensors stay in the file (as byte ranges) until someone
+asks for their values, and masks are read eagerly, as bytes, because they are small and must be validated.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ettcli import __version__
 from ettcli.arch import ArchSpec, infer_arch, strip_wrappers
@@ -31,8 +30,11 @@ from ettcli.errors import EttError, warn
 from ettcli.mask import Mask
 from ettcli.open_lth import read_level
 from ettcli.sparsity import SparsityReport
-from ettcli.stfile import Source, check_output, read_array, read_header, write_file
+from ettcli.stfile import Source, check_output, read_array, read_bytes, read_header, write_file
 from ettcli.torchfile import load_arrays, save_torch
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FORMAT_VERSION = "1"
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
@@ -58,6 +60,8 @@ class Ticket:
         where: str = "ticket",
     ) -> Ticket:
         """Build and validate a ticket from in-memory arrays (masks as bool/0-1 arrays or Mask values)."""
+        import numpy as np
+
         tensors = {k: Source.of_array(np.asarray(v)) for k, v in arrays.items()}
         mk = {
             k: v if isinstance(v, Mask) else Mask.from_values(np.asarray(v), k + "_mask", where)
@@ -98,6 +102,8 @@ class Ticket:
         """
         import hashlib
 
+        import numpy as np
+
         h = hashlib.sha256(b"ett-ticket-v1\n")
         for name, arr in sorted(self.arrays(), key=lambda kv: kv[0]):
             arr = np.ascontiguousarray(arr)
@@ -122,6 +128,8 @@ class Ticket:
         Masks may be :class:`Mask` values or bool / 0-1 arrays; each must name a prunable tensor and have
         its shape, else :class:`EttError`.
         """
+        import numpy as np
+
         where = str(self.path) if self.path else "ticket"
         checked = {
             k: v if isinstance(v, Mask) else Mask.from_values(np.asarray(v), k + "_mask", where)
@@ -155,7 +163,8 @@ class Ticket:
         for name in self.arch.tensors:
             yield name, self.tensors[name]
             if name in self.masks:
-                yield name + "_mask", Source.of_array(self.masks[name].array)
+                mask = self.masks[name]
+                yield name + "_mask", Source("BOOL", mask.shape, raw=mask.buffer())
 
     def save(self, path: str | Path, *, fmt: str | None = None, **metadata: str) -> Path:
         """Write the ticket atomically (temporary file beside ``path``, then rename), in the format its suffix names.
@@ -178,6 +187,7 @@ class Ticket:
 
     def state_dict(self) -> dict:
         """The tensors and bool masks (``X``, ``X_mask``) as a dict of torch tensors, in module order (imports torch)."""
+        import numpy as np
         import torch
 
         out = {}
@@ -195,6 +205,7 @@ class Ticket:
         soon as an optimizer touches them: to train, re-apply the masks after every step
         (:class:`ettcli.models.Masker`).
         """
+        import numpy as np
         import torch
 
         out = {}
@@ -207,6 +218,8 @@ class Ticket:
 
     def zero_counts(self) -> dict[str, int]:
         """How many entries of each tensor are exactly zero (masked or not)."""
+        import numpy as np
+
         return {name: int(array.size - np.count_nonzero(array)) for name, array in self.arrays()}
 
     def masks_from_zeros(self) -> Ticket:
@@ -215,6 +228,8 @@ class Ticket:
         For checkpoints pruned by zeroing weights, e.g. ``torch.nn.utils.prune`` followed by ``prune.remove``,
         which keeps no mask. A prunable tensor without zeros keeps its mask, or stays dense.
         """
+        import numpy as np
+
         masks = dict(self.masks)
         for name in self.prunable():
             nonzero = self.array(name) != 0
@@ -278,6 +293,8 @@ def read_masks_file(path: str | Path, ticket: Ticket) -> dict[str, Mask]:
     Names may carry a wrapper prefix that the weights did not (or the other way round). A ticket that
     already has masks is refused: one ticket, one set of masks.
     """
+    import numpy as np
+
     path = Path(path)
     where = f"--masks {path}"
     if ticket.masks:
@@ -380,16 +397,21 @@ def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | N
             target, bucket = name, tensors
         if target in bucket:
             raise EttError(f"{where}: two entries map to '{target}' after removing wrapper prefixes; keep one")
-        src = value if isinstance(value, Source) else Source.of_array(np.asarray(value))
-        bucket[target] = src
+        bucket[target] = value if isinstance(value, Source) else Source.of_array(value)
     masks: dict[str, Mask] = {}
     handle = open(path, "rb") if path is not None and path.is_file() and not _is_zip(path) else None  # noqa: SIM115
     try:
         for name, src in mask_values.items():
             if name not in tensors:
                 raise EttError(f"{where}: mask '{name}_mask' has no tensor '{name}'; add the tensor or drop the mask")
-            values = src.array if src.array is not None else read_array(src.path, _info(name + "_mask", src), handle)
-            masks[name] = Mask.from_values(values, name + "_mask", where)
+            if src.array is not None:
+                masks[name] = Mask.from_values(src.array, name + "_mask", where)
+            elif src.dtype == "BOOL":  # an ett ticket's: validated and counted as bytes, no numpy
+                raw = read_bytes(src.path, _info(name + "_mask", src), handle)
+                masks[name] = Mask.from_bytes(raw, src.shape, name + "_mask", where)
+            else:
+                values = read_array(src.path, _info(name + "_mask", src), handle)
+                masks[name] = Mask.from_values(values, name + "_mask", where)
     finally:
         if handle:
             handle.close()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ettcli.errors import EttError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _NEEDS = "save a state dict of tensors instead, e.g. torch.save(model.state_dict(), path)"
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from ettcli.arch import ArchSpec
 from ettcli.errors import EttError
 from ettcli.mask import Mask
@@ -71,7 +69,11 @@ def apply_plan(ticket: Ticket, plan: Plan, random_copies: int | None = None, has
     _check_plan_source(ticket, plan)
     if random_copies is not None and random_copies < 0:
         raise EttError(f"the random-copies seed is {random_copies}; a seed is an integer of 0 or more")
-    rng = np.random.default_rng(random_copies) if random_copies is not None else None
+    rng = None
+    if random_copies is not None:
+        import numpy as np
+
+        rng = np.random.default_rng(random_copies)
     tensors = {}
     masks: dict[str, Mask] = {}
     for name, (src, copy) in plan.tensor_sources().items():

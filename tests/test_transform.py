@@ -189,7 +189,8 @@ def test_in_memory_tickets_and_explicit_mappings():
         apply_plan(source, make_plan(labelled_ticket("cifar_resnet_56_4").arch, "resnet-20"))
 
 
-def test_transform_path_never_imports_torch(tmp_path):
+def test_transform_path_never_imports_torch_or_numpy(tmp_path):
+    """Transforms copy byte ranges and count masks as bytes: neither torch nor numpy is loaded (start-up time)."""
     path = tmp_path / "r.safetensors"
     write_labelled(path, "cifar_resnet_20_4")
     code = f"""
@@ -208,6 +209,7 @@ for args in (["plan", {str(path)!r}, "--to", "resnet-56", "--json"],
     except SystemExit as exc:
         assert exc.code == 0, (args, exc.code)
 assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
+assert "numpy" not in sys.modules, sorted(m for m in sys.modules if m.startswith("numpy"))
 assert "pydantic" not in sys.modules  # typer's pydantic coercion is bypassed for plain options (start-up time)
 print("ok")
 """
