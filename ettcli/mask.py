@@ -2,12 +2,15 @@
 
 A mask read from a safetensors file stays the file's bytes (one 0/1 byte per entry, C order) until someone
 asks for its numpy :attr:`Mask.array`: counting, comparing and writing it need no numpy, so the transforms,
-which only copy masks under new names, never import it.
+which only copy masks under new names, never import it. Byte-wise checks cost about 1.3 ms per MB where
+numpy's take 0.1, so where numpy is loaded already (or the masks are large enough to repay its import of
+about 50 ms, :data:`NUMPY_BYTES`) the masks are checked with numpy instead.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING
 
 from ettcli.errors import EttError
@@ -15,11 +18,13 @@ from ettcli.errors import EttError
 if TYPE_CHECKING:
     import numpy as np
 
+NUMPY_BYTES = 32 << 20  # mask bytes whose byte-wise checks cost about what importing numpy costs
+
 
 class Mask:
     """A binary keep-mask (True = kept) for one prunable tensor; immutable."""
 
-    __slots__ = ("_array", "_raw", "_shape")
+    __slots__ = ("_array", "_kept", "_raw", "_shape")
 
     def __init__(self, array: np.ndarray):
         if array.dtype != bool:
@@ -27,6 +32,7 @@ class Mask:
         self._array = array
         self._raw: bytes | None = None
         self._shape = tuple(array.shape)
+        self._kept: int | None = None
 
     @staticmethod
     def from_values(values: np.ndarray, name: str = "mask", where: str = "ticket") -> Mask:
@@ -49,15 +55,24 @@ class Mask:
         return Mask(np.require(values != 0, requirements="C"))
 
     @staticmethod
-    def from_bytes(raw: bytes, shape: tuple[int, ...], name: str = "mask", where: str = "ticket") -> Mask:
+    def from_bytes(
+        raw: bytes, shape: tuple[int, ...], name: str = "mask", where: str = "ticket", with_numpy: bool | None = None
+    ) -> Mask:
         """A mask from a bool tensor's raw bytes (one byte per entry, C order); a byte other than 0 or 1 is an
-        EttError, as in :meth:`from_values`."""
+        EttError, as in :meth:`from_values`. Kept as bytes, or checked and held as a numpy array if
+        ``with_numpy`` (by default: if numpy is loaded, see the module's text); the two are equal values."""
         if len(raw) != math.prod(shape):
             raise EttError(f"{where}: mask '{name}' has {len(raw)} bytes for its shape {list(shape)}")
+        if with_numpy is None:
+            with_numpy = "numpy" in sys.modules
+        if with_numpy:
+            import numpy as np
+
+            return Mask.from_values(np.frombuffer(raw, dtype=np.bool_).reshape(shape), name, where)
         if raw.translate(None, b"\x00\x01"):
             raise EttError(f"{where}: mask '{name}' holds byte values other than 0 and 1")
         mask = Mask.__new__(Mask)
-        mask._array, mask._raw, mask._shape = None, bytes(raw), tuple(shape)
+        mask._array, mask._raw, mask._shape, mask._kept = None, bytes(raw), tuple(shape), None
         return mask
 
     @staticmethod
@@ -93,11 +108,13 @@ class Mask:
 
     @property
     def kept(self) -> int:
-        if self._raw is not None:
-            return len(self._raw) - self._raw.count(0)
-        import numpy as np
+        if self._raw is None:  # an array its owner may still change: counted each time
+            import numpy as np
 
-        return int(np.count_nonzero(self._array))
+            return int(np.count_nonzero(self._array))
+        if self._kept is None:  # bytes never change: counted once
+            self._kept = len(self._raw) - self._raw.count(0)
+        return self._kept
 
     @property
     def density(self) -> float:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from ettcli import __version__
 from ettcli.arch import ArchSpec, infer_arch, strip_wrappers
 from ettcli.errors import EttError, warn
-from ettcli.mask import Mask
+from ettcli.mask import NUMPY_BYTES, Mask
 from ettcli.open_lth import read_level
 from ettcli.sparsity import SparsityReport
 from ettcli.stfile import Source, check_output, read_array, read_bytes, read_header, write_file
@@ -399,6 +399,8 @@ def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | N
             raise EttError(f"{where}: two entries map to '{target}' after removing wrapper prefixes; keep one")
         bucket[target] = value if isinstance(value, Source) else Source.of_array(value)
     masks: dict[str, Mask] = {}
+    if sum(src.nbytes for src in mask_values.values()) >= NUMPY_BYTES:
+        import numpy  # noqa: F401  (large masks: numpy's checks repay its import; see ettcli.mask)
     handle = open(path, "rb") if path is not None and path.is_file() and not _is_zip(path) else None  # noqa: SIM115
     try:
         for name, src in mask_values.items():
@@ -406,7 +408,7 @@ def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | N
                 raise EttError(f"{where}: mask '{name}_mask' has no tensor '{name}'; add the tensor or drop the mask")
             if src.array is not None:
                 masks[name] = Mask.from_values(src.array, name + "_mask", where)
-            elif src.dtype == "BOOL":  # an ett ticket's: validated and counted as bytes, no numpy
+            elif src.dtype == "BOOL":  # an ett ticket's: checked as bytes, or with numpy where it is loaded
                 raw = read_bytes(src.path, _info(name + "_mask", src), handle)
                 masks[name] = Mask.from_bytes(raw, src.shape, name + "_mask", where)
             else:

@@ -121,26 +121,32 @@ def test_mask_values():
     assert shuffled.kept == 34 and shuffled != Mask(np.arange(100) % 3 == 0)
 
 
-def test_a_mask_read_as_bytes_is_the_same_value_as_one_built_from_an_array(tmp_path):
+@pytest.mark.parametrize("with_numpy", [False, True])
+def test_a_mask_read_as_bytes_is_the_same_value_as_one_built_from_an_array(with_numpy):
     import pickle
+
+    def of_bytes(raw, shape, name="mask"):
+        return Mask.from_bytes(raw, shape, name, with_numpy=with_numpy)
 
     values = np.random.default_rng(0).random((3, 5, 7)) < 0.3
     from_array = Mask(values)
-    from_bytes = Mask.from_bytes(values.tobytes(), values.shape)
+    from_bytes = of_bytes(values.tobytes(), values.shape)
     assert from_bytes == from_array and from_array == from_bytes
     assert (from_bytes.kept, from_bytes.numel, from_bytes.shape) == (int(values.sum()), 105, (3, 5, 7))
+    assert (from_bytes.kept, from_bytes.density) == (int(values.sum()), values.mean())  # counted once, kept
     np.testing.assert_array_equal(from_bytes.array, values)
     assert not from_bytes.array.flags.writeable  # as a mask read from a file always was
+    assert bytes(from_bytes.buffer()) == values.tobytes() == bytes(from_array.buffer())
     assert pickle.loads(pickle.dumps(from_bytes)) == from_array
     assert pickle.loads(pickle.dumps(from_array)) == from_bytes
-    assert from_bytes != Mask.from_bytes(values.tobytes(), (5, 3, 7))  # same bytes, another shape
+    assert from_bytes != of_bytes(values.tobytes(), (5, 3, 7))  # same bytes, another shape
     flipped = bytearray(values.tobytes())
     flipped[0] ^= 1
-    assert from_bytes != Mask.from_bytes(bytes(flipped), values.shape)
+    assert from_bytes != of_bytes(bytes(flipped), values.shape)
     with pytest.raises(EttError, match="'w_mask' holds byte values other than 0 and 1"):
-        Mask.from_bytes(b"\x00\x01\x02", (3,), "w_mask")
+        of_bytes(b"\x00\x01\x02", (3,), "w_mask")
     with pytest.raises(EttError, match="3 bytes for its shape"):
-        Mask.from_bytes(b"\x00\x01\x01", (2, 2))
+        of_bytes(b"\x00\x01\x01", (2, 2))
 
 
 def test_a_bool_mask_byte_other_than_0_or_1_in_a_file_is_refused(tmp_path, cli):
@@ -155,6 +161,27 @@ def test_a_bool_mask_byte_other_than_0_or_1_in_a_file_is_refused(tmp_path, cli):
     with pytest.raises(EttError, match="'blocks.0.conv1.weight_mask' holds byte values other than 0 and 1"):
         read_ticket(path)
     assert_user_error(cli("inspect", str(path)), "holds byte values other than 0 and 1")
+    # ett stretch checks masks as bytes, without numpy: the same refusal
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ettcli",
+            "stretch",
+            str(path),
+            "--to",
+            "resnet-32",
+            "-o",
+            str(tmp_path / "o.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "holds byte values other than 0 and 1" in res.stderr, res.stderr
+    assert not (tmp_path / "o.safetensors").exists()
 
 
 def test_metadata_that_contradicts_the_tensors_is_refused(tmp_path):

@@ -165,6 +165,8 @@ def inspect(
     masks: Path = typer.Option(None, "--masks", metavar="FILE", help=MASKS_HELP),
 ) -> None:
     """Show a ticket's architecture, stages and units, and its per-tensor and global sparsity."""
+    import numpy  # noqa: F401  (the zeros column needs it; loaded first, it checks the masks too: ettcli.mask)
+
     from ettcli.arch import units
     from ettcli.ticket import read_ticket
 
