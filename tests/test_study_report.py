@@ -91,12 +91,23 @@ def test_the_figure_has_the_studys_name_says_what_bands_are_and_shows_single_lev
 
     fig = study_figure(study)
     assert fig.get_suptitle() == "cifar10-mini"
-    assert "± one sample standard deviation" in fig.legends[0].get_title().get_text()
+    title = fig.legends[0].get_title().get_text()
+    assert "shaded bands: ± one sample standard deviation" in title  # every method has several levels
+    assert "dashed: pruning baselines" in title and "dotted: dense" in title
+
+    # without dense runs and baselines the title does not explain lines the figure does not have
+    rows = [r for r in rows_of(study) if r["method"] in ("imp", "ett")]
+    all_rows = (study / "results.jsonl").read_text()
+    (study / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    title = study_figure(study).legends[0].get_title().get_text()
+    assert "dotted" not in title and "dashed" not in title and "± one sample standard deviation" in title
+    (study / "results.jsonl").write_text(all_rows)
 
     # one transferred level only: the baselines and ETT are single points, their spread an error bar
     rows = [r for r in rows_of(study) if r["method"] in ("imp", "dense") or r["level"] == 9]
     (study / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     fig = study_figure(study)
+    assert "shaded bands and error bars: ± one sample standard deviation" in fig.legends[0].get_title().get_text()
     ax = fig.axes[0]
     spans = sorted(
         round(float(seg[1][1] - seg[0][1]), 6)

@@ -53,6 +53,7 @@ def study_figure(folder: str | Path):
     palette = ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive"]
     colours: dict[str, str] = {"IMP": "black"}
     handles: dict[str, object] = {}
+    drawn: set[str] = set()  # what the legend's title explains: "band", "bar", "dashed", "dotted"
     for ax, (target, d) in zip(axes, data.items()):
         remaining_seen: set[float] = set()
         for name in d["order"]:
@@ -69,6 +70,7 @@ def study_figure(folder: str | Path):
             if kind == "imp" or not any(k == "imp" for k in d["kinds"].values()):
                 remaining_seen.update(xs)  # IMP's levels mark the axis where there is an IMP curve
             style = "--" if kind == "baseline" else "-"
+            drawn.update(["dashed"] if kind == "baseline" else [])
             (line,) = ax.plot(xs, ys, style, color=colour, marker="o", markersize=3, linewidth=1.5, label=name)
             if len(xs) > 1:
                 ax.fill_between(
@@ -79,12 +81,15 @@ def study_figure(folder: str | Path):
                     alpha=0.15,
                     linewidth=0,
                 )
+                drawn.add("band")
             else:  # one level: no band to shade, so the spread is an error bar
                 ax.errorbar(xs, ys, yerr=ss, fmt="none", ecolor=colour, elinewidth=1.2, capsize=4)
+                drawn.add("bar")
             handles.setdefault(name, line)
         if d["dense"]:
             dense = 100 * sum(d["dense"]) / len(d["dense"])
             handles.setdefault("Dense", ax.axhline(dense, color="grey", linestyle=":", linewidth=1.2, label="Dense"))
+            drawn.add("dotted")
         ax.set_xscale("log")
         _remaining_ticks(ax, remaining_seen)
         ax.invert_xaxis()
@@ -102,11 +107,20 @@ def study_figure(folder: str | Path):
         loc="outside lower center",
         ncol=min(len(handles), 6),
         frameon=False,
-        title=f"final test accuracy; lines: mean over runs (up to {runs}); shaded bands and error bars: ± one "
-        "sample standard deviation; dotted: dense",
+        title=_legend_title(runs, drawn),
         title_fontsize="small",
     )
     return fig
+
+
+def _legend_title(runs: int, drawn: set[str]) -> str:
+    """What the lines, bands, bars and line styles of the figure mean, naming only those it has."""
+    parts = [f"final test accuracy; lines: mean over runs (up to {runs})"]
+    spread = " and ".join(w for k, w in (("band", "shaded bands"), ("bar", "error bars")) if k in drawn)
+    if spread:
+        parts.append(f"{spread}: ± one sample standard deviation")
+    parts += [w for k, w in (("dashed", "dashed: pruning baselines"), ("dotted", "dotted: dense")) if k in drawn]
+    return "; ".join(parts)
 
 
 def _remaining_ticks(ax, values: set[float], most: int = 8) -> None:
