@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_user_error
+from family_util import masked_ticket, state
 from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
@@ -32,19 +33,6 @@ def swin(depths: list[int], seed: int = 0) -> SwinTransformer:
     return SwinTransformer(
         patch_size=[4, 4], embed_dim=8, depths=depths, num_heads=[1, 1, 2, 2], window_size=[2, 2], num_classes=10
     )
-
-
-def masked_ticket(model: torch.nn.Module, seed: int = 1) -> Ticket:
-    """The model's state dict with a random half of every prunable tensor masked."""
-    arrays = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    dense = Ticket.from_arrays(arrays, {}, {})
-    rng = np.random.default_rng(seed)
-    masks = {n: rng.random(dense.tensors[n].shape) < 0.5 for n in dense.prunable()}
-    return dense.with_masks(masks)
-
-
-def state(ticket: Ticket) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.array(v)) for k, v in ticket.arrays()}
 
 
 def check_units_follow(src: Ticket, out: Ticket, plan) -> None:
