@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_user_error
+from family_util import masked_ticket
 
 transformers = pytest.importorskip("transformers")
 
@@ -75,14 +76,6 @@ UNIT = {
     "hf_gpt2": "transformer.h.{}.",
     "hf_llama": "model.layers.{}.",
 }
-
-
-def masked_ticket(model: torch.nn.Module, seed: int = 1) -> Ticket:
-    """The model's state dict (tied weights as they are in it) with a random half of every prunable tensor masked."""
-    arrays = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    dense = Ticket.from_arrays(arrays, {}, {})
-    rng = np.random.default_rng(seed)
-    return dense.with_masks({n: rng.random(dense.tensors[n].shape) < 0.5 for n in dense.prunable()})
 
 
 def state(ticket: Ticket) -> dict[str, torch.Tensor]:

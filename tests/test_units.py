@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_user_error
+from family_util import state
 from safetensors.numpy import save_file
 from torch import nn
 
@@ -78,10 +79,6 @@ def save_state(model: nn.Module, path, masked: bool = True, seed: int = 0):
                 arrays[k + "_mask"] = rng.random(arrays[k].shape) < 0.5
     save_file(arrays, str(path))
     return path
-
-
-def state(ticket: Ticket) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.array(v)) for k, v in ticket.arrays()}
 
 
 def test_units_are_read_transformed_and_load_into_the_network_at_the_target_depth(cli, tmp_path):
