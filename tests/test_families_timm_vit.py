@@ -205,3 +205,26 @@ def test_prune_on_the_command_line_keeps_the_exact_count(cli, tmp_path):
     weights = np.concatenate([np.abs(t.array(n)).ravel() for n in t.masks])
     keep = np.concatenate([t.masks[n].array.ravel() for n in t.masks])
     assert weights[keep].min() >= weights[~keep].max()
+
+
+def test_the_head_count_timm_uses_at_a_width_or_a_warning_where_its_models_differ(monkeypatch):
+    """Without a q/k norm the weights do not hold the head count: timm's ViT-H width (1280) is built with its 16
+    heads (size 80); at 768 timm has models with 12 and with 16 heads, so the one assumed is said."""
+    import warnings
+
+    from ettcli.errors import EttWarning
+    from ettcli.families import _heads
+    from ettcli.models import load_model
+
+    monkeypatch.setattr(_heads, "_WARNED", set())
+    options = {"img_size": 32, "patch_size": 16, "depth": 1, "mlp_ratio": 0.05, "num_classes": 10}
+    torch.manual_seed(0)
+    huge = timm.create_model("vit_tiny_patch16_224", pretrained=False, embed_dim=1280, num_heads=16, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EttWarning)
+        model = load_model(masked_ticket(huge))
+    assert model.blocks[0].attn.num_heads == 16
+    base = timm.create_model("vit_tiny_patch16_224", pretrained=False, embed_dim=768, num_heads=12, **options)
+    with pytest.warns(EttWarning, match="timm's models of width 768 have 12 or 16 heads; building with 12 heads"):
+        model = load_model(masked_ticket(base))
+    assert model.blocks[0].attn.num_heads == 12

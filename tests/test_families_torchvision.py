@@ -5,6 +5,7 @@ target depth, the prunable tensors and the tensor-only pruning methods."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -254,3 +255,31 @@ def test_transformer_names_are_refused_in_one_line_where_they_cannot_be_resolved
     assert_user_error(cli("stretch", path, "--to", "resnet-56", "-o", out), "names a resnet", "torchvision_vit_2_16")
     assert_user_error(cli("stretch", path, "--stages", "3,3", "-o", out), "gives 2 stages", "has 1")
     assert not out.exists()
+
+
+def test_vit_is_built_with_torchvisions_own_head_count_and_an_assumed_one_is_said(monkeypatch):
+    """The weights do not hold the head count: vit_h_14's width (1280) has 16 heads of size 80 in
+    torchvision, not 1280 / 64; a width torchvision has no ViT of is built with head size 64, with a warning."""
+    from ettcli.families import _heads
+    from ettcli.models import load_model
+
+    monkeypatch.setattr(_heads, "_WARNED", set())
+    torch.manual_seed(0)
+    huge = VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=16, hidden_dim=1280, mlp_dim=8)
+    ticket = Ticket.from_arrays({k: v.numpy() for k, v in huge.state_dict().items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EttWarning)
+        model = load_model(ticket)
+    assert model.encoder.layers.encoder_layer_0.self_attention.num_heads == 16
+    huge.eval(), model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), huge(x), atol=1e-5)  # the same function as the network it came from
+
+    small = masked_ticket(vit(2))  # 2 heads of size 8 at width 16
+    with pytest.warns(EttWarning, match="torchvision has no model of width 16; building with 1 head. "):
+        model = load_model(small)
+    assert model.encoder.layers.encoder_layer_0.self_attention.num_heads == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EttWarning)
+        load_model(small)  # said once per process

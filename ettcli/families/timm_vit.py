@@ -5,8 +5,9 @@ has them ``ls1.gamma``, ``attn.q_norm``), ``norm`` or ``fc_norm``, ``head`` (and
 One stage of blocks; the block count is free (ViT-S/B have 12, ViT-L 24). The variants timm builds are read
 from the names present: with or without a class token (``global_pool='avg'``), register tokens, DeiT's
 distillation token, a learned position embedding or none, layer scale, q/k norm, a pre-norm. The head count
-is not in the weights: the model is built with the q/k norm's head size where there is one, else with
-embed_dim / 64 heads (as ViT-Ti/S/B/L have) where that divides.
+is not in the weights: the model is built with the q/k norm's head size where there is one, else with the
+count timm's own ViTs of that width have, and a warning where they differ or none has that width (see
+:mod:`ettcli.families._heads`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,34 @@ import re
 
 from ettcli.arch import register
 from ettcli.errors import EttError
+from ettcli.families._heads import heads_for
 from ettcli.families._pattern import PatternFamily
 
 _BLOCK = re.compile(r"^blocks\.\d+\.")
 _ATTN = re.compile(r"^blocks\.\d+\.attn\.")
+# embed_dim -> num_heads of the ViTs timm 1.0 defines in timm/models/vision_transformer.py, the most common
+# first (vit_base_patch16_gap_224 has 16 heads at 768; AIMv2 has 8 at 1024 and 12 at 1536)
+HEADS = {
+    64: (2,),
+    96: (3,),
+    192: (3,),
+    256: (4,),
+    320: (5,),
+    384: (6,),
+    512: (8,),
+    640: (10,),
+    768: (12, 16),
+    832: (13,),
+    896: (14,),
+    1024: (16, 8),
+    1152: (16,),
+    1280: (16,),
+    1408: (16,),
+    1536: (24, 16, 12),
+    1664: (16,),
+    2048: (16,),
+    3072: (24,),
+}
 
 
 class TimmViT(PatternFamily):
@@ -91,7 +116,7 @@ class TimmViT(PatternFamily):
             heads = dim // unit["attn.q_norm.weight"][0]
             kwargs["qk_norm"] = True
         else:
-            heads = dim // 64 if dim % 64 == 0 else 1
+            heads = heads_for("timm", dim, HEADS, spec.name)
         if "ls1.gamma" in unit:
             kwargs["init_values"] = 1e-5  # the values come from the ticket
         head = shapes.get("head.weight")

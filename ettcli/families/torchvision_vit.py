@@ -2,15 +2,19 @@
 ``encoder.layers.encoder_layer_{i}`` (attention with a fused ``in_proj_weight``), ``encoder.ln``, ``heads.head``.
 
 One stage of encoder layers; the layer count is free (vit_b and vit_l have 12 and 24). The head count is
-not in the weights: the model is built with hidden_dim / 64 heads, as every torchvision ViT has, where that
-divides.
+not in the weights: the model is built with the count torchvision's own ViT of that width has (12 at 768,
+16 at 1024 and at 1280, vit_h_14's head size being 80), and at another width with head size 64 and a
+warning (see :mod:`ettcli.families._heads`).
 """
 
 from __future__ import annotations
 
 from ettcli.arch import register
 from ettcli.errors import EttError
+from ettcli.families._heads import heads_for
 from ettcli.families._pattern import PatternFamily
+
+HEADS = {768: (12,), 1024: (16,), 1280: (16,)}  # torchvision's vit_b_*, vit_l_*, vit_h_14
 
 
 class TorchvisionViT(PatternFamily):
@@ -47,7 +51,7 @@ class TorchvisionViT(PatternFamily):
         seq = shapes[spec.prefix + "encoder.pos_embedding"][1]
         side = round((seq - 1) ** 0.5)
         mlp = next(s[0] for n, s in shapes.items() if n.endswith(".mlp.0.weight"))
-        heads = hidden // 64 if hidden % 64 == 0 else 1
+        heads = heads_for("torchvision", hidden, HEADS, spec.name)
         if side * side != seq - 1:
             raise EttError(f"{spec.name}: {seq} positions are not a square grid plus the class token")
         return VisionTransformer(
