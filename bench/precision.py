@@ -24,12 +24,12 @@ def evaluate_in(final: Path, data_root: str, precision: str) -> float:
     from ettcli.data import get_dataset, load_memory_dataset
     from ettcli.feeders import MemoryFeeder
     from ettcli.models import load_model
-    from ettcli.train import _autocast, evaluate
+    from ettcli.train import autocast_for, evaluate
 
     data = load_memory_dataset(get_dataset("cifar10"), data_root)
     feeder = MemoryFeeder(data, get_dataset("cifar10"), 128, torch.device("cpu"), 0)
     model = load_model(final).to(memory_format=torch.channels_last)
-    return evaluate(model, feeder, torch.device("cpu"), _autocast("cpu", precision), 1)[1]
+    return evaluate(model, feeder.test_batches(), torch.device("cpu"), autocast_for("cpu", precision))[1]
 
 
 def main() -> None:
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--arch", default="cifar_resnet_20")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--subset", type=int, default=None, help="train on this many images (a quick check)")
     args = ap.parse_args()
 
     from ettcli.arch import parse_arch
@@ -50,7 +51,12 @@ def main() -> None:
     rows = []
     for prec in ("bf16", "fp32"):
         s = TrainSettings(
-            data_root=args.data_root, epochs=args.epochs, precision=prec, seed=args.seed, threads=args.threads
+            data_root=args.data_root,
+            epochs=args.epochs,
+            precision=prec,
+            seed=args.seed,
+            threads=args.threads,
+            subset=args.subset,
         )
         res = train_ticket(ticket, s, folder=tmp / prec)
         final = res.folder / "final.safetensors"

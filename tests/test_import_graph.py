@@ -60,3 +60,20 @@ def test_the_script_sees_a_lazy_cycle_and_a_private_import(tmp_path):
     assert "import cycles closed by lazy imports: 1" in printed.stdout
     assert "lazy pkg.b -> pkg.a (line 2): pkg.b -> pkg.a -> pkg.b" in printed.stdout
     assert "pkg.a (line 1) <- pkg.b._helper" in printed.stdout
+
+
+def test_every_ett_name_the_benchmarks_and_scripts_import_exists():
+    """bench/ and scripts/ run outside the suite; a renamed function must not leave one of them broken."""
+    import ast
+    import importlib
+
+    missing = []
+    for path in sorted([*(ROOT / "bench").glob("*.py"), *(ROOT / "scripts").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ettcli"):
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                    missing.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{alias.name}")
+    assert missing == []
