@@ -3,7 +3,7 @@
 A safetensors file is an 8-byte little-endian header length, a JSON header and one raw buffer. ett parses
 the header itself (to give precise errors and to know every tensor's byte range), reads tensors as numpy
 arrays, and writes files by streaming byte ranges, so that a transform never holds a ticket twice. Only
-reading values imports numpy: a header, a byte range and a write need none, so ``ett stretch`` never loads it.
+reading values imports numpy: a header, a byte range and a write need none.
 Files written here load with the ``safetensors`` library, and files the library writes load here; the tests
 check both directions.
 """

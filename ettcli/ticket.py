@@ -12,8 +12,9 @@ Supported inputs (docs/ticket-format.md):
 Files are recognised by their content, whatever their suffix. Written: ett tickets (``.safetensors``) and
 torch state dicts (``.pt`` / ``.pth``), see :meth:`Ticket.save`; level folders, see :mod:`ettcli.open_lth`.
 
-Reading safetensors never imports torch, nor numpy: tensors stay in the file (as byte ranges) until someone
-asks for their values, and masks are read eagerly, as bytes, because they are small and must be validated.
+Reading safetensors never imports torch: tensors stay in the file (as byte ranges) until someone asks for
+their values, and masks are read eagerly, because they are small and must be validated, as bytes (numpy is
+loaded only for masks of 32 MiB or more, where its checks repay its import; see :mod:`ettcli.mask`).
 """
 
 from __future__ import annotations
