@@ -1,4 +1,5 @@
-"""Elastic ticket transforms: apply a :class:`~ettcli.plan.Plan` to a ticket (numpy only, never torch).
+"""Elastic ticket transforms: apply a :class:`~ettcli.plan.Plan` to a ticket (never torch; numpy only for
+random copies, or where large masks are checked with it).
 
 A transform is, at bottom, copying byte ranges under new names: the target ticket's tensors are the
 source's :class:`~ettcli.stfile.Source` values (byte ranges of the source file, or in-memory arrays),
