@@ -90,6 +90,7 @@ class Family:
     imp_exclude: tuple[str, ...] = ()  # prunable tensors IMP leaves dense by default
     recipe: str | None = None  # the training recipe (recipe.RECIPES) where not the dataset's
     init_name: str = "open_lth kaiming_normal"  # what init() does, recorded in an initialised ticket
+    stated_heads: bool = False  # attention heads, not held by the weights, may be stated (ett.heads; ViTs)
 
     # --- naming ---------------------------------------------------------------------------------------
     def depth(self, spec: ArchSpec) -> int:
@@ -200,7 +201,7 @@ class Family:
 
     def ticket_metadata(self, spec: ArchSpec) -> dict[str, str]:
         """Metadata a saved ticket of this family carries besides ``ett.arch`` (read back by inference)."""
-        return {}
+        return {"ett.heads": str(spec.heads)} if spec.heads else {}
 
     def closeness(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], list[str]]:
         """The :attr:`signature_keys` these names have and those they lack, for messages."""
@@ -307,6 +308,7 @@ class ArchSpec:
     num_classes: int = 10
     prefix: str = ""
     extra: Any = field(default=(), compare=False)
+    heads: int | None = field(default=None, compare=False)  # attention heads a ticket states (with_heads)
 
     # --- naming ---------------------------------------------------------------------------------------
     @property
@@ -454,6 +456,28 @@ def parse_arch(name: str, like: ArchSpec | None = None, num_classes: int | None 
     raise EttError(
         f"'{name}' is not an architecture name: expected e.g. {examples}, or {short} relative to a source ticket"
     )
+
+
+def with_heads(spec: ArchSpec, value: str | int | None, where: str = "ticket") -> ArchSpec:
+    """``spec`` with the attention head count a ticket states (its ``ett.heads``, ``ett convert --heads``).
+
+    Only families whose weights do not hold the count take one (:attr:`Family.stated_heads`); it must be a
+    whole number that divides the width. ``None`` leaves ``spec`` as it is.
+    """
+    if value is None:
+        return spec
+    takers = [f.name for f in FAMILIES.values() if f.stated_heads]
+    if not spec.fam.stated_heads:
+        raise EttError(
+            f"{where}: ett.heads states an attention head count, which only {', '.join(takers)} tickets take "
+            f"(their weights do not hold it); {spec.name} has none to state: remove it"
+        )
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1 or spec.width % int(text):
+        raise EttError(
+            f"{where}: ett.heads is '{value}'; the head count is a whole number that divides the width ({spec.width})"
+        )
+    return replace(spec, heads=int(text))
 
 
 def parse_stages(text: str) -> tuple[int, ...]:

@@ -81,8 +81,9 @@ def interpolate(a, b, alpha: float, masks: Mapping | None = None):
         check_same_layout(a, b)
         mixed = _mix(_state_of(a), _state_of(b), alpha, a.masks)
         meta = {"ett.lmc_alpha": f"{alpha:g}"}
-        if "ett.dataset" in a.metadata:
-            meta["ett.dataset"] = a.metadata["ett.dataset"]
+        for key in ("ett.dataset", "ett.heads"):  # what the network is trained and built as
+            if key in a.metadata:
+                meta[key] = a.metadata[key]
         return Ticket.from_arrays({k: v.numpy() for k, v in mixed.items()}, a.masks, meta)
     return _mix(a, b, alpha, masks)
 
@@ -128,6 +129,11 @@ def check_same_layout(a, b) -> None:
     wa, wb = a.path or "the first ticket", b.path or "the second ticket"
     if a.arch != b.arch:
         raise EttError(f"{wa} is {a.arch.name} but {wb} is {b.arch.name}; interpolate two copies of one architecture")
+    if a.arch.heads != b.arch.heads:
+        raise EttError(
+            f"{wa} states {a.arch.heads or 'no'} attention heads (ett.heads) but {wb} states "
+            f"{b.arch.heads or 'none'}; interpolate two copies of one network"
+        )
     for name in a.tensors:
         if name not in b.tensors or a.tensors[name].shape != b.tensors[name].shape:
             raise EttError(f"{wa} and {wb} differ in '{name}'; interpolate two copies of one architecture")

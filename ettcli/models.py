@@ -274,7 +274,7 @@ def init_ticket(spec: ArchSpec | str, seed: int, num_classes: int | None = None)
             "smaller width or depth, or free memory"
         ) from None
     metadata = {"ett.seed": str(seed), "ett.init": spec.fam.init_name, "ett.rewind_step": "0it"}
-    return ticket_from_model(model, metadata=metadata)
+    return ticket_from_model(model, metadata={**metadata, **spec.fam.ticket_metadata(spec)})
 
 
 def load_model(ticket: Ticket | str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ettcli import __version__
-from ettcli.arch import ArchSpec, infer_arch, strip_wrappers
+from ettcli.arch import ArchSpec, infer_arch, strip_wrappers, with_heads
 from ettcli.errors import EttError, warn
 from ettcli.mask import NUMPY_BYTES, Mask
 from ettcli.open_lth import read_level
@@ -99,7 +99,8 @@ class Ticket:
         """sha256 of the ticket's content: every tensor's and mask's name, dtype, shape and values.
 
         Independent of the file layout it was read from (a safetensors file, a ``.pt``, an open_lth folder
-        with its mask file), so it identifies what a training run starts from.
+        with its mask file), so it identifies what a training run starts from; a stated head count
+        (:meth:`with_heads`) counts too, since the network built differs.
         """
         import hashlib
 
@@ -113,6 +114,8 @@ class Ticket:
         for name in sorted(self.masks):
             h.update(f"{name}_mask\n".encode())
             h.update(np.packbits(self.masks[name].array).tobytes())
+        if self.spec is not None and self.spec.heads:
+            h.update(f"heads\t{self.spec.heads}\n".encode())
         return h.hexdigest()
 
     @property
@@ -138,6 +141,13 @@ class Ticket:
         }
         _check_masks(self.arch, self.tensors, checked, where)
         return Ticket(dict(self.tensors), checked, dict(self.metadata), self.spec, self.path)
+
+    def with_heads(self, heads: int) -> Ticket:
+        """The same ticket stating its attention head count (``ett.heads``), for a ViT whose weights do not
+        hold it: every network ett builds of it (to train, score, run LMC) then has that many heads."""
+        where = str(self.path) if self.path else "ticket"
+        spec = with_heads(self.arch, heads, where)
+        return Ticket(dict(self.tensors), dict(self.masks), {**self.metadata, "ett.heads": str(heads)}, spec, self.path)
 
     def sparsity_report(self) -> SparsityReport:
         """Kept and total prunable weights per tensor, per stage and globally."""
@@ -423,6 +433,7 @@ def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | N
 
 def _finish(tensors, masks, metadata, where, path) -> Ticket:
     spec = infer_arch({k: v.shape for k, v in tensors.items()}, where, units=metadata.get("ett.units"))
+    spec = with_heads(spec, metadata.get("ett.heads"), where)
     _check_masks(spec, tensors, masks, where)
     integer = [n for n, t in spec.tensors.items() if t.prunable and tensors[n].dtype not in FLOAT_DTYPES]
     if integer:

@@ -27,7 +27,7 @@ from ettcli.plan import Plan, make_plan
 from ettcli.sparsity import SparsityReport
 from ettcli.ticket import Ticket, output_format, read_ticket
 
-CARRIED_METADATA = ("ett.rewind_step", "ett.dataset", "ett.hf_config")
+CARRIED_METADATA = ("ett.rewind_step", "ett.dataset", "ett.hf_config", "ett.heads")
 OVERLAP_HASH_BYTES = 16 << 20  # hash sources at least this large while writing (see save_transformed)
 
 

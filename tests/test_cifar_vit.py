@@ -188,3 +188,17 @@ def test_milestones_on_the_vit_recipe_are_warned_about():
 
     with pytest.warns(EttWarning, match="milestones 5ep change nothing"):
         customise(recipe_for("cifar10", "cifar_vit"), 391, milestones="5ep")
+
+
+def test_a_stated_head_count_holds_through_a_canonical_target_name_and_a_fresh_initialisation(tmp_path):
+    """cifar_vit's rule gives 4 heads at width 64; a ticket stating 8 keeps them when stretched to a canonical
+    name, and a network initialised at that spec is built and recorded with 8 too."""
+    ticket = init_ticket(parse_arch("cifar_vit_2_64"), seed=0).with_heads(8)
+    out = ettcli.stretch(ticket, "cifar_vit_4_64")
+    assert out.arch.heads == 8 and out.metadata["ett.heads"] == "8"
+    out.save(tmp_path / "v4.safetensors")
+    model = ettcli.load_model(tmp_path / "v4.safetensors")
+    assert model.encoder.layers.encoder_layer_3.self_attention.num_heads == 8
+    fresh = init_ticket(out.arch, seed=1)
+    assert fresh.arch.heads == 8 and fresh.metadata["ett.heads"] == "8"
+    assert init_ticket(parse_arch("cifar_vit_4_64"), seed=1).arch.heads is None  # the rule, nothing stated

@@ -228,3 +228,57 @@ def test_the_head_count_timm_uses_at_a_width_or_a_warning_where_its_models_diffe
     with pytest.warns(EttWarning, match="timm's models of width 768 have 12 or 16 heads; building with 12 heads"):
         model = load_model(masked_ticket(base))
     assert model.blocks[0].attn.num_heads == 12
+
+
+def test_a_ticket_states_its_head_count_and_every_network_built_of_it_has_that_many(tmp_path, monkeypatch):
+    """timm's vit_base_patch16_gap_224 has 16 heads at width 768, where most of timm's ViTs have 12: stated
+    with Ticket.with_heads (ett.heads), the count is kept by saving, reading and transforms, used by the
+    builder without a warning, and part of the ticket's identity."""
+    import warnings
+
+    from ettcli.errors import EttError, EttWarning
+    from ettcli.families import _heads
+    from ettcli.models import load_model
+
+    monkeypatch.setattr(_heads, "_WARNED", set())
+    torch.manual_seed(0)
+    options = {"img_size": 32, "patch_size": 16, "depth": 2, "mlp_ratio": 0.05, "num_classes": 10}
+    gap = timm.create_model("vit_tiny_patch16_224", pretrained=False, embed_dim=768, num_heads=16, **options)
+    plain = masked_ticket(gap)
+    stated = plain.with_heads(16)
+    assert (stated.arch.heads, stated.metadata["ett.heads"]) == (16, "16") and plain.arch.heads is None
+    assert stated.fingerprint() != plain.fingerprint()  # a run of one is not a run of the other
+    assert stated.arch == plain.arch and stated.arch.name == plain.arch.name  # the same tensors, names and plans
+    stated.save(tmp_path / "gap.safetensors")
+    back = read_ticket(tmp_path / "gap.safetensors")
+    assert back.arch.heads == 16 and back.fingerprint() == stated.fingerprint()
+    ettcli.stretch(back, "vit-4").save(tmp_path / "gap4.safetensors")
+    deeper = read_ticket(tmp_path / "gap4.safetensors")
+    assert deeper.arch.heads == 16 and deeper.metadata["ett.heads"] == "16" and len(deeper.arch.tensors) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EttWarning)
+        model, model4 = load_model(back), load_model(deeper)
+    assert model.blocks[0].attn.num_heads == 16 and model4.blocks[3].attn.num_heads == 16
+    reference = load_model(plain)  # unstated: 12 heads, with the warning (not raised here)
+    assert reference.blocks[0].attn.num_heads == 12
+    gap.load_state_dict(stated.masked_state_dict(), strict=True)  # pruned weights at 0, as load_model has them
+    gap.eval(), model.eval(), reference.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), gap(x), atol=1e-5)  # the network the ticket came from
+        assert not torch.allclose(reference(x), gap(x), atol=1e-3)  # what the assumed count computes instead
+
+    from ettcli.lmc import interpolate
+
+    halfway = interpolate(back, back, 0.5)  # LMC builds the mixed network as the two ends were built
+    assert halfway.arch.heads == 16 and load_model(halfway).blocks[0].attn.num_heads == 16
+    with pytest.raises(EttError, match="states 16 attention heads .ett.heads. but the second ticket states none"):
+        interpolate(back, plain, 0.5)
+
+    with pytest.raises(
+        EttError, match=r"ett.heads is '7'; the head count is a whole number that divides the width \(768\)"
+    ):
+        plain.with_heads(7)
+    layer_scale = masked_ticket(vit("layer-scale", 2))  # q/k norm: 2 heads of size 8 at width 16
+    with pytest.raises(EttError, match="the q/k norm's size .8. makes 2"):
+        load_model(layer_scale.with_heads(4))

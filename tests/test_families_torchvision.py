@@ -283,3 +283,28 @@ def test_vit_is_built_with_torchvisions_own_head_count_and_an_assumed_one_is_sai
     with warnings.catch_warnings():
         warnings.simplefilter("error", EttWarning)
         load_model(small)  # said once per process
+
+
+def test_convert_heads_states_the_count_and_a_bad_one_is_refused_in_one_line(cli, tmp_path):
+    from ettcli.models import load_model
+
+    src = tmp_path / "vit.safetensors"
+    masked_ticket(vit(2)).save(src)  # 2 heads at width 16: not what ett would assume (1)
+    out = tmp_path / "vit2h.safetensors"
+    r = cli("convert", src, "--heads", "2", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    ticket = read_ticket(out)
+    assert ticket.metadata["ett.heads"] == "2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EttWarning)
+        assert load_model(ticket).encoder.layers.encoder_layer_0.self_attention.num_heads == 2
+
+    bad = tmp_path / "bad.safetensors"
+    assert_user_error(cli("convert", src, "--heads", "3", "-o", bad), "divides the width (16)")
+    assert not bad.exists()
+    resnet = tmp_path / "r20.safetensors"
+    assert cli("init", "cifar_resnet_20", "-o", resnet).exit_code == 0
+    assert_user_error(
+        cli("convert", resnet, "--heads", "4", "-o", bad), "only torchvision_vit", "cifar_resnet_20 has none to state"
+    )
+    assert not bad.exists()

@@ -153,6 +153,10 @@ def _render(info: dict, spec) -> None:
         console.print("\n".join(["metadata:", *lines]), markup=False, highlight=False)
 
 
+HEADS_HELP = (
+    "A ViT's attention head count, which its weights do not hold (torchvision, timm, CIFAR ViT): recorded as "
+    "ett.heads and used wherever ett builds the network."
+)
 REWIND_HELP = "open_lth level folders: the rewind step whose model file to read (e.g. 1000it, 2ep218it)."
 
 
@@ -198,6 +202,7 @@ def convert(
     ),
     unit_pattern: str = typer.Option(None, "--units", metavar="PATTERN", help=UNITS_HELP),
     masks: Path = typer.Option(None, "--masks", metavar="FILE", help=MASKS_HELP),
+    heads: int = typer.Option(None, "--heads", metavar="N", help=HEADS_HELP),
 ) -> None:
     """Convert a ticket in any supported layout into an ett ticket (or an open_lth level folder)."""
     from ettcli.ticket import output_format, read_ticket
@@ -212,6 +217,8 @@ def convert(
         ticket = read_ticket(src, rewind_step, masks)
     if masks_from_zeros:
         ticket = ticket.masks_from_zeros()
+    if heads is not None:
+        ticket = ticket.with_heads(heads)
     if open_lth:
         from ettcli.open_lth import write_open_lth
 

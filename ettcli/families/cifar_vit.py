@@ -9,7 +9,7 @@ embedding and its 8x8 grid of positions plus the class token (65), and it adds w
   (``cifar_vit_6``: 6 layers, width 256, 4 heads, MLP ratio 2); ``cifar_vit_N_W`` another width
   (``cifar_vit_4_64``, a narrow network for CPUs). The MLP is 2x the width. The head count is not in the
   weights, so it follows from the width: 4 heads up to width 256 (ViT-Lite, CCT-7), head dimension 64 above
-  it (CCT-14's 6 heads at 384, ViT-B's 12 at 768);
+  it (CCT-14's 6 heads at 384, ViT-B's 12 at 768), unless a ticket states another (``ett.heads``);
 - initialisation: torchvision's own (its constructor's), seeded, so ``ett init cifar_vit_6 --seed S`` equals
   ``torch.manual_seed(S); VisionTransformer(32, 4, 6, 4, 256, 512)``;
 - training defaults: CIFAR-10 with the ``vit`` recipe (AdamW, warmup and cosine decay, label smoothing;
@@ -84,14 +84,23 @@ class CifarViT(TorchvisionViT):
         if classes < 1:
             raise EttError(f"'{text}': a classifier needs at least 1 output, not {classes} (--num-classes)")
         spec = self.infer(vit_shapes(depth, width, classes), text)
-        return replace(spec, prefix=like.prefix if like and like.family == self.name else "")
+        same = like is not None and like.family == self.name
+        return replace(
+            spec, prefix=like.prefix if same else "", heads=like.heads if same and like.width == width else None
+        )
 
     def build(self, spec):
         from torchvision.models.vision_transformer import VisionTransformer
 
         width = spec.width
         return VisionTransformer(
-            IMAGE, PATCH, sum(spec.stages), heads_for(width), width, self._mlp(spec), num_classes=spec.num_classes
+            IMAGE,
+            PATCH,
+            sum(spec.stages),
+            spec.heads or heads_for(width),
+            width,
+            self._mlp(spec),
+            num_classes=spec.num_classes,
         )
 
     def _mlp(self, spec) -> int:

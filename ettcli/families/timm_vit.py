@@ -6,8 +6,8 @@ One stage of blocks; the block count is free (ViT-S/B have 12, ViT-L 24). The va
 from the names present: with or without a class token (``global_pool='avg'``), register tokens, DeiT's
 distillation token, a learned position embedding or none, layer scale, q/k norm, a pre-norm. The head count
 is not in the weights: the model is built with the q/k norm's head size where there is one, else with the
-count timm's own ViTs of that width have, and a warning where they differ or none has that width (see
-:mod:`ettcli.families._heads`).
+count timm's own ViTs of that width have, and a warning where they differ or none has that width, unless the
+ticket states its count (``ett.heads``; see :mod:`ettcli.families._heads`).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class TimmViT(PatternFamily):
     dataset = "imagenet"
     rewind = "0it"
     imp_exclude = ("patch_embed.proj.weight", "head.weight", "head_dist.weight")
+    stated_heads = True
 
     def recognise(self, shapes):
         """The keys of ``blocks.{i}``, where the blocks hold attention and a patch embedding feeds them."""
@@ -115,8 +116,13 @@ class TimmViT(PatternFamily):
         if "attn.q_norm.weight" in unit:
             heads = dim // unit["attn.q_norm.weight"][0]
             kwargs["qk_norm"] = True
+            if spec.heads and spec.heads != heads:
+                raise EttError(
+                    f"{spec.name}: ett.heads says {spec.heads} heads, but the q/k norm's size "
+                    f"({unit['attn.q_norm.weight'][0]}) makes {heads}; fix or remove ett.heads"
+                )
         else:
-            heads = heads_for("timm", dim, HEADS, spec.name)
+            heads = heads_for("timm", spec, HEADS)
         if "ls1.gamma" in unit:
             kwargs["init_values"] = 1e-5  # the values come from the ticket
         head = shapes.get("head.weight")

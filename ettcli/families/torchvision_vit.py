@@ -4,7 +4,7 @@
 One stage of encoder layers; the layer count is free (vit_b and vit_l have 12 and 24). The head count is
 not in the weights: the model is built with the count torchvision's own ViT of that width has (12 at 768,
 16 at 1024 and at 1280, vit_h_14's head size being 80), and at another width with head size 64 and a
-warning (see :mod:`ettcli.families._heads`).
+warning, unless the ticket states its count (``ett.heads``; see :mod:`ettcli.families._heads`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class TorchvisionViT(PatternFamily):
     dataset = "imagenet"
     rewind = "0it"
     imp_exclude = ("conv_proj.weight", "heads.head.weight")
+    stated_heads = True
 
     def width_of(self, shapes, layout):
         return int(shapes.get("conv_proj.weight", (0,))[0])
@@ -51,7 +52,7 @@ class TorchvisionViT(PatternFamily):
         seq = shapes[spec.prefix + "encoder.pos_embedding"][1]
         side = round((seq - 1) ** 0.5)
         mlp = next(s[0] for n, s in shapes.items() if n.endswith(".mlp.0.weight"))
-        heads = heads_for("torchvision", hidden, HEADS, spec.name)
+        heads = heads_for("torchvision", spec, HEADS)
         if side * side != seq - 1:
             raise EttError(f"{spec.name}: {seq} positions are not a square grid plus the class token")
         return VisionTransformer(
