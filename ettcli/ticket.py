@@ -20,6 +20,7 @@ loaded only for masks of 32 MiB or more, where its checks repay its import; see 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,8 +411,8 @@ def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | N
             raise EttError(f"{where}: two entries map to '{target}' after removing wrapper prefixes; keep one")
         bucket[target] = value if isinstance(value, Source) else Source.of_array(value)
     masks: dict[str, Mask] = {}
-    if sum(src.nbytes for src in mask_values.values()) >= NUMPY_BYTES:
-        import numpy  # noqa: F401  (large masks: numpy's checks repay its import; see ettcli.mask)
+    # masks are checked as bytes, or with numpy where it is loaded or large masks repay its import (ettcli.mask)
+    with_numpy = "numpy" in sys.modules or sum(src.nbytes for src in mask_values.values()) >= NUMPY_BYTES
     handle = open(path, "rb") if path is not None and path.is_file() and not _is_zip(path) else None  # noqa: SIM115
     try:
         for name, src in mask_values.items():
@@ -421,7 +422,7 @@ def _assemble(raw: Mapping, metadata: dict[str, str], where: str, path: Path | N
                 masks[name] = Mask.from_values(src.array, name + "_mask", where)
             elif src.dtype == "BOOL":  # an ett ticket's: checked as bytes, or with numpy where it is loaded
                 raw = read_bytes(src.path, _info(name + "_mask", src), handle)
-                masks[name] = Mask.from_bytes(raw, src.shape, name + "_mask", where)
+                masks[name] = Mask.from_bytes(raw, src.shape, name + "_mask", where, with_numpy)
             else:
                 values = read_array(src.path, _info(name + "_mask", src), handle)
                 masks[name] = Mask.from_values(values, name + "_mask", where)

@@ -65,3 +65,16 @@ def check_mapping(src: Ticket, out: Ticket, mapping: str, prefix: Callable[[int,
     assert {k for k in out.tensors if k not in outside} == {
         k for s, row in enumerate(rows) for j in row for k in out.tensors if k.startswith(prefix(s, j))
     }
+
+
+def check_units_follow(src: Ticket, out: Ticket, plan) -> None:
+    """Every target tensor equals its mapped source tensor, masks included; nothing else is in the output."""
+    sources = plan.tensor_sources()
+    assert set(out.tensors) == set(sources)
+    for name, (from_name, _) in sources.items():
+        assert np.array_equal(out.array(name), src.array(from_name)), name
+        assert (name in out.masks) == (from_name in src.masks), name
+        if name in out.masks:
+            assert np.array_equal(out.masks[name].array, src.masks[from_name].array), name
+        if plan.target.tensors[name].role != "unit":
+            assert from_name == name  # stem, head and merging layers unchanged, under their own names

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_user_error
-from family_util import masked_ticket
+from family_util import check_units_follow, masked_ticket
 
 transformers = pytest.importorskip("transformers")
 
@@ -87,19 +87,6 @@ def forward(family: str, model):
         if family == "hf_vit":
             return model(pixel_values=torch.randn(2, 3, 32, 32)).logits
         return model(input_ids=torch.randint(0, 100, (2, 7))).logits
-
-
-def check_units_follow(src: Ticket, out: Ticket, plan) -> None:
-    """Every target tensor equals its mapped source tensor, masks included; stem and head under their own names."""
-    sources = plan.tensor_sources()
-    assert set(out.tensors) == set(sources)
-    for name, (from_name, _) in sources.items():
-        assert np.array_equal(out.array(name), src.array(from_name)), name
-        assert (name in out.masks) == (from_name in src.masks), name
-        if name in out.masks:
-            assert np.array_equal(out.masks[name].array, src.masks[from_name].array), name
-        if plan.target.tensors[name].role != "unit":
-            assert from_name == name
 
 
 # --- recognition and prunable tensors ---------------------------------------------------------------------------

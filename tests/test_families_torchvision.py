@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_user_error
-from family_util import masked_ticket, state
+from family_util import check_units_follow, masked_ticket, state
 from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
@@ -34,19 +34,6 @@ def swin(depths: list[int], seed: int = 0) -> SwinTransformer:
     return SwinTransformer(
         patch_size=[4, 4], embed_dim=8, depths=depths, num_heads=[1, 1, 2, 2], window_size=[2, 2], num_classes=10
     )
-
-
-def check_units_follow(src: Ticket, out: Ticket, plan) -> None:
-    """Every target tensor equals its mapped source tensor, masks included; nothing else is in the output."""
-    sources = plan.tensor_sources()
-    assert set(out.tensors) == set(sources)
-    for name, (from_name, _) in sources.items():
-        assert np.array_equal(out.array(name), src.array(from_name)), name
-        assert (name in out.masks) == (from_name in src.masks), name
-        if name in out.masks:
-            assert np.array_equal(out.masks[name].array, src.masks[from_name].array), name
-        if plan.target.tensors[name].role != "unit":
-            assert from_name == name  # stem, head and merging layers unchanged, under their own names
 
 
 # --- ViT ---------------------------------------------------------------------------------------------------
